@@ -1,0 +1,1 @@
+"""LoPA, the method this codebase reproduces (baselines live in the top-level `baselines` package)."""

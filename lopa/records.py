@@ -1,0 +1,97 @@
+"""Result records and weights: written atomically, so a crash never leaves a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lopa.errors import ConfigError
+
+WEIGHTS_FILE = "trained.safetensors"
+WEIGHTS_CONFIG_FILE = "trained_config.json"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, record: dict) -> None:
+    def write(tmp: Path) -> None:
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+    atomic_write(path, write)
+
+
+def git_commit(repo_dir: Path | None = None) -> str | None:
+    """The commit the code ran at, with `-dirty` when there were uncommitted changes."""
+    cwd = repo_dir or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def machine_info() -> dict:
+    info = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    import transformers
+
+    info["transformers"] = transformers.__version__
+    return info
+
+
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What training changed: parameters that require grad plus the method's saved buffers."""
+    state = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+    for name in model.method.saved_buffer_names():
+        state[f"method.{name}"] = buffers[f"method.{name}"]
+    return {name: tensor.contiguous().cpu() for name, tensor in state.items()}
+
+
+def save_trained(model: torch.nn.Module, directory: Path, config: dict) -> None:
+    """Trained weights as safetensors plus a JSON config naming the method, model and task they belong to."""
+    directory = Path(directory)
+    state = trained_state(model)
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
+    write_json(directory / WEIGHTS_CONFIG_FILE, config)
+
+
+def load_trained(model: torch.nn.Module, directory: Path) -> dict:
+    """Load weights saved by `save_trained` into a freshly built model; every saved and expected tensor must match."""
+    directory = Path(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ConfigError(f"checkpoint {str(directory)!r} does not exist or holds no {WEIGHTS_FILE}")
+    state = load_file(str(weights))
+    expected = set(trained_state(model))
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+        raise ConfigError(f"checkpoint {str(directory)!r} does not fit this method/model (missing {missing}, unexpected {unexpected})")
+    model.load_state_dict(state, strict=False)
+    return json.loads((directory / WEIGHTS_CONFIG_FILE).read_text())

@@ -1,0 +1,176 @@
+"""Compose FM, task and method from a config, train, evaluate, and write the run's record."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+
+from lopa.errors import ConfigError, check_choice
+from lopa.models import load_fm, load_tokenizer
+from lopa.records import git_commit, load_trained, machine_info, save_trained, write_json
+from lopa.registry import method_class
+from lopa.soft_prompt import MethodContext, TunedModel
+from lopa.tasks import build_task
+from lopa.trainer import train
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+MODES = ("train", "evaluate")
+INIT_TEXT_LIMIT = 2000  # training texts used for frequency-based prompt inits
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Fail early, in one line, on required values left as ??? and on impossible settings."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"missing required config values: {', '.join(missing)} (set them on the command line)")
+    check_choice("mode", cfg.mode, MODES)
+    if cfg.mode == "evaluate" and not cfg.checkpoint:
+        raise ConfigError("mode=evaluate needs checkpoint=<directory of trained weights>")
+
+
+def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
+    device = str(cfg.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} requested but no GPU is available here (use device=cpu or device=auto)")
+    check_choice("trainer.mixed_precision", cfg.trainer.mixed_precision, ("no", "fp16", "bf16"))
+    log_with = None
+    if cfg.logger.name == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("logger=wandb needs the wandb package (pip install wandb) or use logger=none") from None
+        log_with = "wandb"
+    else:
+        check_choice("logger", cfg.logger.name, ("wandb", "none"))
+    return Accelerator(
+        cpu=device == "cpu",
+        mixed_precision=cfg.trainer.mixed_precision,
+        gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
+        log_with=log_with,
+        project_dir=str(run_dir),
+    )
+
+
+def start_tracking(cfg: DictConfig, accelerator: Accelerator, run_dir: Path) -> None:
+    if cfg.logger.name != "wandb":
+        return
+    mode = cfg.logger.mode
+    if mode == "auto":
+        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    accelerator.init_trackers(
+        cfg.logger.project,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        init_kwargs={"wandb": {"name": cfg.run_name, "entity": cfg.logger.entity, "dir": str(run_dir), "mode": mode}},
+    )
+
+
+def count_parameters(model: TunedModel) -> dict[str, int]:
+    """Trainable parameters (what the method adds or unfreezes) next to the FM's and everything's totals."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return {
+        "trainable": sum(p.numel() for p in unique if p.requires_grad),
+        "fm": sum(p.numel() for p in {id(p): p for p in model.fm.parameters()}.values()),
+        "total": sum(p.numel() for p in unique),
+    }
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """The whole job; returns the record it wrote to `run_dir/results.json`."""
+    started = time.time()
+    check_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    data_dir = str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None
+    set_seed(cfg.seed)
+    accelerator = make_accelerator(cfg, run_dir)
+
+    tokenizer = load_tokenizer(cfg.model)
+    fm = load_fm(cfg.model, tokenizer)
+    task = build_task(cfg.task, tokenizer, cfg.model.kind, data_dir)
+    train_rows = task.load("train", cfg.trainer.train_limit) if cfg.mode == "train" else []
+    eval_rows = task.load(cfg.eval.split, cfg.eval.limit)
+
+    ctx = MethodContext(
+        fm=fm,
+        tokenizer=tokenizer,
+        model_cfg=cfg.model,
+        encoder_cfg=cfg.get("encoder"),
+        label_word_ids=task.label_word_ids,
+        init_texts=[task.text(row) for row in train_rows[:INIT_TEXT_LIMIT]],
+    )
+    method = method_class(cfg.method.name)(cfg.method, ctx)
+    model = TunedModel(fm, method, cfg.model.kind)
+    task.num_virtual_tokens = model.num_virtual_tokens
+    parameters = count_parameters(model)
+    log.info("%s on %s: %s", cfg.method.name, cfg.model.name, parameters)
+    if cfg.checkpoint:
+        load_trained(model, Path(cfg.checkpoint).expanduser())
+
+    train_examples = [task.encode(row, i, "train") for i, row in enumerate(train_rows)]
+    eval_examples = [task.encode(row, i, cfg.eval.split) for i, row in enumerate(eval_rows)]
+    eval_loader = task.dataloader(eval_examples, cfg.eval.batch_size, shuffle=False)
+    weights_dir = run_dir / "weights"
+    weights_config = {
+        "method": OmegaConf.to_container(cfg.method, resolve=True),
+        "model": cfg.model.name,
+        "task": cfg.task.name,
+        "num_virtual_tokens": model.num_virtual_tokens,
+    }
+
+    start_tracking(cfg, accelerator, run_dir)
+    record = {
+        "status": "completed",
+        "run_name": cfg.run_name,
+        "method": cfg.method.name,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "git_commit": git_commit(),
+        "machine": machine_info(),
+        "num_processes": accelerator.num_processes,
+        "parameters": parameters,
+        "num_train_examples": len(train_examples),
+        "num_eval_examples": len(eval_examples),
+        "primary_metric": task.primary_metric,
+    }
+    if cfg.mode == "train":
+        generator = torch.Generator().manual_seed(cfg.seed)
+        train_loader = task.dataloader(
+            train_examples, cfg.trainer.batch_size, shuffle=True, generator=generator, num_workers=cfg.trainer.num_workers
+        )
+
+        def save_best(evaluation: dict) -> None:
+            if cfg.trainer.save_weights and accelerator.is_main_process:
+                save_trained(accelerator.unwrap_model(model), weights_dir, {**weights_config, "evaluation": evaluation})
+
+        outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=save_best)
+        record.update(
+            steps=outcome.steps,
+            evaluations=outcome.evaluations,
+            best=outcome.best,
+            final=outcome.evaluations[-1],
+            train_losses=outcome.train_losses,
+            weights=str(weights_dir) if cfg.trainer.save_weights else None,
+        )
+    else:
+        model = accelerator.prepare(model)
+        eval_loader = accelerator.prepare(eval_loader)
+        metrics = task.evaluate(model, eval_loader, accelerator)
+        record.update(steps=0, evaluations=[{"step": 0, **metrics}], best={"step": 0, **metrics}, final={"step": 0, **metrics})
+    record["wall_time_s"] = round(time.time() - started, 2)
+    record["config"] = OmegaConf.to_container(cfg, resolve=True)
+    if accelerator.is_main_process:
+        write_json(run_dir / RESULTS_FILE, record)
+    accelerator.end_training()
+    return record

@@ -1,0 +1,120 @@
+"""Prompt-based classification (METHODS.md §5): score label words at `<mask>` (masked FMs) or after the text (causal)."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lopa.errors import ConfigError
+from lopa.metrics import compute_metrics
+from lopa.tasks.base import Task
+
+MASK = "<mask>"
+
+
+def template_fields(template: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+class ClassificationTask(Task):
+    def __init__(self, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, fm_kind: str, data_dir: str | None):
+        super().__init__(cfg, tokenizer, fm_kind, data_dir)
+        if fm_kind == "causal":
+            self.template = cfg.causal_template
+            if MASK in self.template:
+                raise ConfigError(f"task {cfg.name!r}: causal_template must end where the label word goes, not hold {MASK}")
+        else:
+            self.template = cfg.template
+            if self.template.count(MASK) != 1:
+                raise ConfigError(f"task {cfg.name!r}: template {self.template!r} must contain {MASK} exactly once")
+            if tokenizer.mask_token is None:
+                raise ConfigError(f"the {fm_kind} FM's tokenizer has no mask token for task {cfg.name!r}")
+        self.fields = template_fields(self.template)
+        self._label_word_ids = self._tokenize_label_words(list(cfg.label_words))
+
+    @property
+    def label_word_ids(self) -> list[int]:
+        return self._label_word_ids
+
+    def _tokenize_label_words(self, words: list[str]) -> list[int]:
+        """One token per class: the first token of each label word (they must differ)."""
+        ids = []
+        for word in words:
+            pieces = self.tokenizer.encode(word, add_special_tokens=False)
+            if not pieces:
+                raise ConfigError(f"label word {word!r} of task {self.name!r} tokenizes to nothing")
+            ids.append(pieces[0])
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"label words {words} of task {self.name!r} share a first token ({ids}); choose others")
+        return ids
+
+    def _render(self, row: dict, fields: dict[str, str]) -> str:
+        return self.template.format(**fields).replace(MASK, self.tokenizer.mask_token or MASK)
+
+    def _tokenize_within_budget(self, row: dict) -> list[int]:
+        """Ids of the rendered template; the longest field loses tail tokens until it fits (the mask is never cut)."""
+        fields = {name: str(row[name]) for name in self.fields}
+        budget = self.text_budget()
+        for _ in range(8):
+            ids = self.tokenizer(self._render(row, fields)).input_ids
+            overflow = len(ids) - budget
+            if overflow <= 0:
+                return ids
+            longest = max(fields, key=lambda name: len(fields[name]))
+            field_ids = self.tokenizer.encode(fields[longest], add_special_tokens=False)
+            if len(field_ids) <= overflow:
+                break
+            fields[longest] = self.tokenizer.decode(field_ids[: len(field_ids) - overflow - 1])
+        raise ConfigError(f"task {self.name!r}: cannot fit the template of example {row} into {budget} tokens")
+
+    def encode(self, row: dict, index: int, split_key: str) -> dict:
+        missing = [name for name in self.fields + ["label"] if name not in row]
+        if missing:
+            raise ConfigError(f"task {self.name!r}: row {index} of split {split_key!r} lacks fields {missing}")
+        label = int(row["label"])
+        if not 0 <= label < len(self.label_word_ids):
+            raise ConfigError(
+                f"task {self.name!r}: label {label} of row {index} has no label word "
+                f"(allowed 0..{len(self.label_word_ids) - 1})"
+            )
+        input_ids = self._tokenize_within_budget(row)
+        if self.fm_kind == "causal":
+            position = len(input_ids) - 1  # logits after the last text token predict the label word
+        else:
+            position = input_ids.index(self.tokenizer.mask_token_id)
+        target_ids = [-100] * len(input_ids)
+        target_ids[position] = self.label_word_ids[label]
+        return {
+            "input_ids": input_ids,
+            "target_ids": target_ids,
+            "label": label,
+            "example_key": f"{self.name}/{split_key}/{row.get('idx', index)}",
+            "encoder_text": self.text(row),
+        }
+
+    def text(self, row: dict) -> str:
+        """The task text as the FM reads it (without the mask), for the instance encoder and text inits."""
+        rendered = self.template.format(**{name: row[name] for name in self.fields}).replace(MASK, "")
+        return " ".join(rendered.split())
+
+    @torch.no_grad()
+    def predict(self, model, loader: DataLoader, accelerator) -> tuple[list[int], list[int]]:
+        """Argmax over the label words at each example's scored position, gathered over processes."""
+        model.eval()
+        label_word_ids = torch.tensor(self.label_word_ids, device=accelerator.device)
+        predictions, references = [], []
+        for batch in loader:
+            logits, _ = model(batch)
+            batch_predictions = logits[:, label_word_ids].argmax(-1)
+            batch_predictions, labels = accelerator.gather_for_metrics((batch_predictions, batch["labels"]))
+            predictions += batch_predictions.tolist()
+            references += labels.tolist()
+        return predictions, references
+
+    def evaluate(self, model, loader: DataLoader, accelerator) -> dict:
+        predictions, references = self.predict(model, loader, accelerator)
+        return compute_metrics(self.cfg.metrics, predictions, references)
