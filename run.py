@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import logging
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lopa.cli import check_group_choices
-from lopa.errors import ConfigError
-from lopa.records import write_json
-from lopa.runner import RESULTS_FILE, run
-
-log = logging.getLogger("run")
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from lopa.errors import ConfigError
+    from lopa.records import write_json
+    from lopa.runner import (  # heavy imports (torch, transformers) only once the config is valid
+        RESULTS_FILE,
+        run,
+    )
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         record = run(cfg, run_dir)

@@ -40,11 +40,24 @@ def resolve_source(source: str) -> str:
     return str(Path(spec.origin).parent / subdir)
 
 
+def from_pretrained(auto_class, source: str, trust_remote_code: bool, config_group: str, **kwargs):
+    """`auto_class.from_pretrained` with a one-line error when the checkpoint needs remote code we may not run."""
+    try:
+        return auto_class.from_pretrained(resolve_source(source), trust_remote_code=trust_remote_code, **kwargs)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise ConfigError(
+                f"{config_group} {source!r} runs custom code from its repository; "
+                f"allow it with {config_group}.trust_remote_code=true"
+            ) from None
+        raise
+
+
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     """The FM's tokenizer, with a pad token and the padding side the FM kind needs."""
-    source = resolve_source(cfg.tokenizer or cfg.pretrained)
+    source = cfg.tokenizer or cfg.pretrained
     kwargs = {"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") and not cfg.tokenizer else {}
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code, **kwargs)
+    tokenizer = from_pretrained(AutoTokenizer, source, cfg.trust_remote_code, "model", **kwargs)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     # Causal FMs score the last position, and generation needs the text to end at the right edge.
@@ -68,17 +81,7 @@ def load_fm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
         fm = auto_class.from_config(config, dtype=dtype)
     else:
         kwargs = {"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") else {}
-        try:
-            fm = auto_class.from_pretrained(
-                resolve_source(cfg.pretrained), dtype=dtype, trust_remote_code=cfg.trust_remote_code, **kwargs
-            )
-        except ValueError as error:
-            if "trust_remote_code" in str(error):
-                raise ConfigError(
-                    f"model {cfg.pretrained!r} runs custom code from its repository; "
-                    "allow it with model.trust_remote_code=true"
-                ) from error
-            raise
+        fm = from_pretrained(auto_class, cfg.pretrained, cfg.trust_remote_code, "model", dtype=dtype, **kwargs)
     if fm.config.pad_token_id is None:
         fm.config.pad_token_id = tokenizer.pad_token_id
     hidden = input_embedding_dim(fm)

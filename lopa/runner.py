@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
@@ -19,6 +19,7 @@ from lopa.records import git_commit, load_trained, machine_info, save_trained, w
 from lopa.registry import method_class
 from lopa.soft_prompt import MethodContext, TunedModel
 from lopa.tasks import build_task
+from lopa.tasks.base import Task
 from lopa.trainer import train
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,24 @@ MODES = ("train", "evaluate")
 INIT_TEXT_LIMIT = 2000  # training texts used for frequency-based prompt inits
 
 
+def missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ??? (without resolving interpolations that point at them)."""
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    missing = []
+    for key in keys:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(node, key):
+            missing.append(path)
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig | ListConfig) and not OmegaConf.is_interpolation(node, key):
+            missing += missing_keys(child, f"{path}.")
+    return missing
+
+
 def check_config(cfg: DictConfig) -> None:
     """Fail early, in one line, on required values left as ??? and on impossible settings."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
+    missing = sorted(missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required config values: {', '.join(missing)} (set them on the command line)")
     check_choice("mode", cfg.mode, MODES)
@@ -84,6 +100,22 @@ def count_parameters(model: TunedModel) -> dict[str, int]:
     }
 
 
+def build_model(cfg: DictConfig, tokenizer, fm, task: Task, train_rows: list[dict]) -> TunedModel:
+    """Wrap the FM with the configured method; the task learns how many prompt tokens to leave room for."""
+    ctx = MethodContext(
+        fm=fm,
+        tokenizer=tokenizer,
+        model_cfg=cfg.model,
+        encoder_cfg=cfg.get("encoder"),
+        label_word_ids=task.label_word_ids,
+        init_texts=[task.text(row) for row in train_rows[:INIT_TEXT_LIMIT]],
+    )
+    method = method_class(cfg.method.name)(cfg.method, ctx)
+    model = TunedModel(fm, method, cfg.model.kind)
+    task.num_virtual_tokens = model.num_virtual_tokens
+    return model
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """The whole job; returns the record it wrote to `run_dir/results.json`."""
     started = time.time()
@@ -100,17 +132,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     train_rows = task.load("train", cfg.trainer.train_limit) if cfg.mode == "train" else []
     eval_rows = task.load(cfg.eval.split, cfg.eval.limit)
 
-    ctx = MethodContext(
-        fm=fm,
-        tokenizer=tokenizer,
-        model_cfg=cfg.model,
-        encoder_cfg=cfg.get("encoder"),
-        label_word_ids=task.label_word_ids,
-        init_texts=[task.text(row) for row in train_rows[:INIT_TEXT_LIMIT]],
-    )
-    method = method_class(cfg.method.name)(cfg.method, ctx)
-    model = TunedModel(fm, method, cfg.model.kind)
-    task.num_virtual_tokens = model.num_virtual_tokens
+    model = build_model(cfg, tokenizer, fm, task, train_rows)
     parameters = count_parameters(model)
     log.info("%s on %s: %s", cfg.method.name, cfg.model.name, parameters)
     if cfg.checkpoint:

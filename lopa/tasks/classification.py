@@ -7,6 +7,7 @@ import string
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from lopa.errors import ConfigError
@@ -107,7 +108,7 @@ class ClassificationTask(Task):
         model.eval()
         label_word_ids = torch.tensor(self.label_word_ids, device=accelerator.device)
         predictions, references = [], []
-        for batch in loader:
+        for batch in tqdm(loader, desc="eval", disable=not accelerator.is_local_main_process, leave=False):
             logits, _ = model(batch)
             batch_predictions = logits[:, label_word_ids].argmax(-1)
             batch_predictions, labels = accelerator.gather_for_metrics((batch_predictions, batch["labels"]))

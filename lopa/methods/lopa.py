@@ -1,0 +1,92 @@
+"""LoPA (Jain et al. 2024): Z = Z_S ∘ σ(u vᵀ), a shared prompt gated by an instance-dependent low-rank matrix."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from lopa.encoder import InstanceDependentMethod
+from lopa.errors import ConfigError, check_choice
+from lopa.registry import register_method
+from lopa.soft_prompt import MethodContext
+
+COMBINES = ("gate", "add", "max", "concat")
+
+
+def positive_int(cfg: DictConfig, key: str, maximum: int | None = None) -> int:
+    """cfg[key] as a positive integer, at most `maximum`, or a one-line ConfigError."""
+    value = cfg[key]
+    if not isinstance(value, int) or value <= 0 or (maximum is not None and value > maximum):
+        allowed = f"1..{maximum}" if maximum is not None else "a positive integer"
+        raise ConfigError(f"method.{key}={value!r} is not allowed for {cfg.name} (allowed: {allowed})")
+    return value
+
+
+class TanhHead(nn.Module):
+    """x -> W2 tanh(W1 Dropout(x) + b1) + b2, weights N(0, 0.02) and zero biases (METHODS.md §2)."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.hidden = nn.Linear(in_features, hidden)
+        self.output = nn.Linear(hidden, out_features)
+        for layer in (self.hidden, self.output):
+            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.output(torch.tanh(self.hidden(self.dropout(features))))
+
+
+class LoPAPrompt(nn.Module):
+    """Instance features [B, d_enc] -> prompt [B, m, d] (or [B, 2m, d] for combine=concat).
+
+    Trainable parameters: m·d + 2h(d_enc+1) + r(h+1)(m+d).
+    """
+
+    def __init__(self, prompt_length: int, embed_dim: int, encoder_dim: int, hidden: int, rank: int,
+                 dropout: float = 0.1, combine: str = "gate"):
+        super().__init__()
+        check_choice("method.combine", combine, COMBINES)
+        self.prompt_length, self.embed_dim, self.rank, self.combine = prompt_length, embed_dim, rank, combine
+        self.shared_prompt = nn.Parameter(torch.randn(prompt_length, embed_dim))  # Z_S ~ N(0, 1)
+        self.u_head = TanhHead(encoder_dim, hidden, prompt_length * rank, dropout)
+        self.v_head = TanhHead(encoder_dim, hidden, embed_dim * rank, dropout)
+
+    def instance_matrix(self, features: Tensor) -> Tensor:
+        """u vᵀ [B, m, d]."""
+        u = self.u_head(features).view(-1, self.prompt_length, self.rank)
+        v = self.v_head(features).view(-1, self.embed_dim, self.rank)
+        return u @ v.transpose(1, 2)
+
+    def forward(self, features: Tensor) -> Tensor:
+        instance = self.instance_matrix(features)
+        shared = self.shared_prompt.expand_as(instance)
+        if self.combine == "gate":
+            return shared * torch.sigmoid(instance)
+        if self.combine == "add":
+            return shared + instance
+        if self.combine == "max":
+            return torch.maximum(shared, instance)
+        return torch.cat([shared, instance], dim=1)
+
+
+@register_method("lopa")
+class LoPA(InstanceDependentMethod):
+    def __init__(self, cfg: DictConfig, ctx: MethodContext):
+        super().__init__(cfg, ctx)
+        prompt_length = positive_int(cfg, "prompt_length")
+        self.generator = LoPAPrompt(
+            prompt_length,
+            ctx.embed_dim,
+            self.instance_encoder.hidden_size,
+            hidden=positive_int(cfg, "hidden_size"),
+            rank=positive_int(cfg, "rank", maximum=min(prompt_length, ctx.embed_dim)),
+            dropout=cfg.dropout,
+            combine=cfg.combine,
+        )
+
+    @property
+    def num_virtual_tokens(self) -> int:
+        return self.generator.prompt_length * (2 if self.generator.combine == "concat" else 1)
