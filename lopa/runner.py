@@ -129,6 +129,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     tokenizer = load_tokenizer(cfg.model)
     fm = load_fm(cfg.model, tokenizer)
     task = build_task(cfg.task, tokenizer, cfg.model.kind, data_dir)
+    task.output_dir = run_dir  # tasks that write artefacts (generations) put them beside the record
     train_rows = task.load("train", cfg.trainer.train_limit) if cfg.mode == "train" else []
     eval_rows = task.load(cfg.eval.split, cfg.eval.limit)
 

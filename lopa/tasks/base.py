@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from functools import partial
+from pathlib import Path
 
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -22,6 +23,7 @@ class Task(ABC):
         self.fm_kind = fm_kind
         self.data_dir = data_dir
         self.num_virtual_tokens = 0  # set by the runner once the method is known: it shrinks the text budget
+        self.output_dir: Path | None = None  # the run directory, for tasks that write artefacts
 
     @property
     def name(self) -> str:
