@@ -1,0 +1,476 @@
+"""The only place generated code is executed: a limited, network-less subprocess per program, and pass@k.
+
+Threat model. Generated code is buggy and occasionally hostile by accident (infinite loops, fork bombs,
+huge allocations, ``rm``-like calls, early ``sys.exit(0)``). Each program runs in its own interpreter
+(``python -I``) in a fresh temporary directory, in a new session whose whole process group is SIGKILLed
+when the run ends, with resource limits (address space, CPU time, file size, processes, open files), a
+wall-clock timeout, no network (``unshare -n`` where permitted, plus a socket guard), and a guard that
+disables process creation, signalling, deletion/renaming and writes outside the sandbox directory.
+The guard is in-process and best-effort: code written to escape *this* harness (re-importing builtin
+modules, reading interpreter memory) is not stopped by it. For adversarial code, also run the whole
+evaluation in a container or VM.
+
+How a pass is decided. The parent draws a random token per run and hands it to the sandboxed
+interpreter through a pipe that is read and closed before the program starts; it is never in the
+program text, argv, the environment, a file or an open descriptor. Only after the program (asserts
+included) has run to its end without raising does the runner write the token as the last stdout line
+and exit 0. A run passes only if the exit status is 0 *and* stdout ends with that token line, so exiting
+early with status 0 (``sys.exit(0)``, ``os._exit(0)``, an exit in ``atexit``), swallowing or patching
+exceptions, redefining ``print`` or guessing the token all score as failed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import secrets
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+
+STATUSES = ("passed", "failed", "timeout", "error")
+TAIL_BYTES = 4096  # how much of each output stream an ExecutionResult keeps
+# RLIMIT_NPROC counts every process and thread of the user (and is not enforced for root), so a
+# non-root user who already runs this many cannot start threads in the sandbox; the guard's fork ban
+# and the group kill are the main fork-bomb defence.
+PROCESS_LIMIT = 64
+OPEN_FILES_LIMIT = 256
+SETUP_ERROR_EXIT = 125  # the runner's exit status when the sandbox itself could not be set up
+SETUP_ERROR_MARK = b"lopa-sandbox-setup-error"
+
+
+@dataclass
+class ExecutionResult:
+    """Outcome of one sandboxed program.
+
+    status is "passed" (ran to its end, verified by the token), "failed" (raised, exited early, was killed
+    by a signal or a limit other than time), "timeout" (wall-clock or CPU-time limit) or "error" (the
+    sandbox could not run it at all: nothing is known about the program).
+    """
+
+    passed: bool
+    status: str
+    stdout_tail: str
+    stderr_tail: str
+    duration_s: float
+    returncode: int | None = None
+
+
+def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed interpreter
+    """Runner inside the sandbox: limits, token, guard, then the program; its source is passed with -c."""
+    import _io
+    import builtins
+    import io
+    import os
+    import resource
+    import sys
+    import types
+
+    write, exit_now, base_exception = os.write, os._exit, BaseException
+    excepthook, exc_info = sys.__excepthook__, sys.exc_info
+    token_fd, program_path, sandbox_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+    def fail_setup(message: str) -> None:
+        write(2, b"lopa-sandbox-setup-error: " + message.encode(errors="replace") + b"\n")
+        exit_now(125)
+
+    # Limits first: nothing untrusted has run yet, and everything after inherits them.
+    try:
+        for spec in sys.argv[4:]:
+            name, soft, hard = spec.split(":")
+            limit_id = getattr(resource, name)
+            soft, hard = int(soft), int(hard)
+            _, current_hard = resource.getrlimit(limit_id)
+            if current_hard != resource.RLIM_INFINITY:
+                soft, hard = min(soft, current_hard), min(hard, current_hard)
+            resource.setrlimit(limit_id, (soft, hard))
+        token = b""
+        while chunk := os.read(token_fd, 256):
+            token += chunk
+        os.close(token_fd)
+        with open(program_path, encoding="utf-8") as handle:
+            source = handle.read()
+    except base_exception as error:
+        fail_setup(repr(error))
+    if len(token) < 16:
+        fail_setup("no token received")
+
+    try:
+        code = compile(source, program_path, "exec", dont_inherit=True, optimize=0)
+    except base_exception:
+        excepthook(*exc_info())
+        exit_now(1)
+
+    sandbox_prefix = os.path.realpath(sandbox_dir) + os.sep
+    realpath, fspath = os.path.realpath, os.fspath
+    real_open, real_os_open, real_mkdir, real_file_io = _io.open, os.open, os.mkdir, _io.FileIO
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def refused(name: str):
+        def refuse(*args, **kwargs):
+            raise PermissionError(f"{name} is disabled inside the sandbox")
+
+        refuse.__name__ = name.rsplit(".", 1)[-1]
+        return refuse
+
+    def check_inside(path, what: str) -> None:
+        if isinstance(path, int):  # an already open descriptor: nothing new is reached
+            return
+        try:
+            resolved = realpath(fspath(path))
+        except base_exception:
+            resolved = ""
+        if not isinstance(resolved, str):
+            resolved = os.fsdecode(resolved)
+        if not (resolved + os.sep).startswith(sandbox_prefix):
+            raise PermissionError(f"{what} outside the sandbox directory is disabled: {path!r}")
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(flag in str(mode) for flag in "wax+"):
+            check_inside(file, "writing")
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & write_flags:
+            if dir_fd is not None:
+                raise PermissionError("writing through dir_fd is disabled inside the sandbox")
+            check_inside(path, "writing")
+        return real_os_open(path, flags, mode)
+
+    def guarded_mkdir(path, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None:
+            raise PermissionError("mkdir through dir_fd is disabled inside the sandbox")
+        check_inside(path, "creating directories")
+        return real_mkdir(path, mode)
+
+    def path_guarded(name: str, function, num_paths: int = 1):
+        """`function` confined to paths inside the sandbox directory (deleting there is harmless)."""
+
+        def guarded(*args, **kwargs):
+            if any(kwargs.get(key) is not None for key in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
+                raise PermissionError(f"os.{name} through dir_fd is disabled inside the sandbox")
+            for path in args[:num_paths]:
+                check_inside(path, f"os.{name}")
+            return function(*args, **kwargs)
+
+        guarded.__name__ = name
+        return guarded
+
+    class GuardedFileIO(real_file_io):
+        def __init__(self, file, mode="r", closefd=True, opener=None):
+            if any(flag in str(mode) for flag in "wax+"):
+                check_inside(file, "writing")
+            super().__init__(file, mode, closefd, opener)
+
+    import _posixsubprocess
+    import _signal
+    import _socket
+    import posix
+
+    class RefusedSocket(_socket.socket):
+        __slots__ = ()  # socket.socket subclasses this and adds its own __weakref__ slot
+
+        def __init__(self, *args, **kwargs):
+            raise PermissionError("network access is disabled inside the sandbox")
+
+    os_refused = (
+        "system popen fork forkpty kill killpg pidfd_open execv execve execl execle execlp execlpe execvp "
+        "execvpe _execvpe spawnv spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe posix_spawn "
+        "posix_spawnp link symlink chmod fchmod lchmod chown fchown lchown chroot mknod mkfifo setsid "
+        "setpgid setpgrp setuid setgid seteuid setegid setreuid setregid setresuid setresgid setgroups "
+        "initgroups setpriority sched_setscheduler setxattr removexattr"
+    ).split()
+    for name in os_refused:
+        for module in (os, posix):
+            if hasattr(module, name):
+                setattr(module, name, refused(f"os.{name}"))
+    path_functions = {
+        name: path_guarded(name, getattr(os, name), num_paths)
+        for name, num_paths in (
+            ("remove", 1),
+            ("unlink", 1),
+            ("rmdir", 1),
+            ("truncate", 1),
+            ("rename", 2),
+            ("replace", 2),
+        )
+    }
+    for module in (os, posix):
+        module.open, module.mkdir = guarded_os_open, guarded_mkdir
+        for name, function in path_functions.items():
+            setattr(module, name, function)
+    builtins.open = io.open = _io.open = guarded_open
+    io.FileIO = _io.FileIO = GuardedFileIO
+    _posixsubprocess.fork_exec = refused("subprocess")
+    _signal.pidfd_send_signal = refused("signal.pidfd_send_signal")
+    _socket.socket = _socket.SocketType = RefusedSocket
+    resource.setrlimit = refused("resource.setrlimit")
+    resource.prlimit = refused("resource.prlimit")
+    # A trace function may set frame.f_lineno and so jump over the asserts.
+    sys.settrace, sys.setprofile = refused("sys.settrace"), refused("sys.setprofile")
+    for name in ("ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"):
+        sys.modules[name] = None
+
+    main_module = types.ModuleType("__main__")
+    main_module.__dict__.update({"__file__": program_path, "__builtins__": builtins})
+    sys.modules["__main__"] = main_module
+    real_stdout, real_stderr = sys.stdout, sys.stderr
+
+    def flush_output() -> None:
+        try:
+            streams = (sys.stdout, sys.stderr, real_stdout, real_stderr)
+        except base_exception:
+            streams = (real_stdout, real_stderr)
+        for stream in streams:
+            try:
+                stream.flush()
+            except base_exception:
+                pass
+
+    try:
+        exec(code, main_module.__dict__)
+    except base_exception:
+        flush_output()
+        try:
+            excepthook(*exc_info())
+        except base_exception:
+            pass
+        exit_now(1)
+    flush_output()  # the program's own buffered output goes before the token
+    write(1, b"\n" + token + b"\n")
+    exit_now(0)
+
+
+_CHILD_SOURCE = textwrap.dedent(inspect.getsource(_child_main)) + "\n_child_main()\n"
+_isolation_lock = threading.Lock()
+_isolation_prefix: list[str] | None = None
+
+
+def network_isolation_prefix() -> list[str]:
+    """The command prefix that gives the sandbox its own empty network namespace ([] where not permitted)."""
+    global _isolation_prefix
+    with _isolation_lock:
+        if _isolation_prefix is None:
+            _isolation_prefix = []
+            unshare = shutil.which("unshare")
+            # Plain -n needs CAP_SYS_ADMIN (root); -r -n uses an unprivileged user namespace where enabled.
+            for prefix in ([unshare, "-n"], [unshare, "-r", "-n"]) if unshare else ():
+                try:
+                    probe = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
+                except (OSError, subprocess.SubprocessError):
+                    continue
+                if probe.returncode == 0:
+                    _isolation_prefix = prefix
+                    break
+        return list(_isolation_prefix)
+
+
+def _limit_specs(timeout_s: float, memory_mb: int, max_output_bytes: int) -> list[str]:
+    cpu_seconds = int(timeout_s) + 1
+    limits = {
+        "RLIMIT_AS": (memory_mb * 2**20, memory_mb * 2**20),
+        "RLIMIT_CPU": (cpu_seconds, cpu_seconds + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
+        "RLIMIT_FSIZE": (max_output_bytes, max_output_bytes),
+        "RLIMIT_NPROC": (PROCESS_LIMIT, PROCESS_LIMIT),
+        "RLIMIT_NOFILE": (OPEN_FILES_LIMIT, OPEN_FILES_LIMIT),
+        "RLIMIT_CORE": (0, 0),
+    }
+    return [f"{name}:{soft}:{hard}" for name, (soft, hard) in limits.items()]
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait_and_kill_group(process: subprocess.Popen, timeout_s: float) -> bool:
+    """Wait for the leader up to timeout_s, SIGKILL its whole group, reap it; True if the time ran out."""
+    try:
+        try:
+            pidfd = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is None:
+            try:
+                process.wait(timeout=timeout_s)
+                return False
+            except subprocess.TimeoutExpired:
+                return True
+        # The leader stays an unreaped zombie until process.wait() below, so its group id cannot be
+        # recycled for an unrelated process before killpg.
+        try:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            return not poller.poll(max(1, int(timeout_s * 1000)))
+        finally:
+            os.close(pidfd)
+    finally:
+        _kill_group(process.pid)
+        process.wait()
+
+
+def _read_tail(handle, num_bytes: int) -> bytes:
+    handle.seek(0, os.SEEK_END)
+    size = handle.tell()
+    handle.seek(max(0, size - num_bytes))
+    return handle.read()
+
+
+def _remove_tree(path: str) -> None:
+    def make_writable_and_retry(function, failed_path, _exc_info) -> None:
+        try:
+            os.chmod(os.path.dirname(failed_path), 0o700)
+            os.chmod(failed_path, 0o700)
+            function(failed_path)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+
+
+def run_program(
+    program: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_bytes: int = 1_000_000
+) -> ExecutionResult:
+    """Run one Python program in the sandbox; passed only if it ran to its end (see the module docstring)."""
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+    if memory_mb < 64:
+        raise ValueError(f"memory_mb must be at least 64 (the interpreter needs it), got {memory_mb!r}")
+    if max_output_bytes < 1024:
+        raise ValueError(f"max_output_bytes must be at least 1024, got {max_output_bytes!r}")
+    token = secrets.token_hex(16).encode()
+    token_line = b"\n" + token + b"\n"
+    sandbox_dir = tempfile.mkdtemp(prefix="lopa-sandbox-")
+    try:
+        program_path = os.path.join(sandbox_dir, "program.py")
+        with open(program_path, "w", encoding="utf-8") as handle:
+            handle.write(program)
+        environment = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": sandbox_dir,
+            "TMPDIR": sandbox_dir,
+            "LANG": "C.UTF-8",
+            # One BLAS/OpenMP thread: numpy would otherwise spawn a thread per core under the limits.
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
+        with tempfile.TemporaryFile() as stdout_file, tempfile.TemporaryFile() as stderr_file:
+            token_read, token_write = os.pipe()
+            try:
+                os.write(token_write, token)
+            finally:
+                os.close(token_write)
+            command = [
+                *network_isolation_prefix(),
+                sys.executable, "-I", "-B", "-X", "utf8", "-c", _CHILD_SOURCE,
+                str(token_read), program_path, sandbox_dir,
+                *_limit_specs(timeout_s, memory_mb, max_output_bytes),
+            ]  # fmt: skip
+            start = time.monotonic()
+            try:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout_file,
+                    stderr=stderr_file,
+                    cwd=sandbox_dir,
+                    env=environment,
+                    start_new_session=True,
+                    pass_fds=(token_read,),
+                )
+            except OSError as error:
+                return ExecutionResult(False, "error", "", f"could not start the sandbox: {error!r}", 0.0)
+            finally:
+                os.close(token_read)
+            timed_out = _wait_and_kill_group(process, timeout_s)
+            duration_s = time.monotonic() - start
+            stdout = _read_tail(stdout_file, TAIL_BYTES + len(token_line))
+            stderr = _read_tail(stderr_file, TAIL_BYTES)
+    finally:
+        _remove_tree(sandbox_dir)
+
+    returncode = process.returncode
+    passed = not timed_out and returncode == 0 and stdout.endswith(token_line)
+    if passed:
+        status, stdout = "passed", stdout[: -len(token_line)]
+    elif timed_out or returncode == -signal.SIGXCPU:
+        status = "timeout"
+    elif returncode == SETUP_ERROR_EXIT and stderr.startswith(SETUP_ERROR_MARK):
+        status = "error"
+    else:
+        status = "failed"
+    return ExecutionResult(
+        passed=passed,
+        status=status,
+        stdout_tail=stdout[-TAIL_BYTES:].decode("utf-8", errors="replace"),
+        stderr_tail=stderr[-TAIL_BYTES:].decode("utf-8", errors="replace"),
+        duration_s=duration_s,
+        returncode=returncode,
+    )
+
+
+def run_programs(
+    programs: Sequence[str], workers: int = 4, progress: bool = False, **limits
+) -> list[ExecutionResult]:
+    """Run programs in parallel sandboxes, results in input order; `limits` go to run_program."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers!r}")
+    results: list[ExecutionResult | None] = [None] * len(programs)
+    report_every = max(1, len(programs) // 20)
+    num_passed = 0
+    with ThreadPoolExecutor(max_workers=workers) as executor:
+        futures = {executor.submit(run_program, program, **limits): i for i, program in enumerate(programs)}
+        for num_done, future in enumerate(as_completed(futures), start=1):
+            result = future.result()
+            results[futures[future]] = result
+            num_passed += result.passed
+            if progress and (num_done % report_every == 0 or num_done == len(programs)):
+                print(
+                    f"sandbox: {num_done}/{len(programs)} run, {num_passed} passed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return results  # type: ignore[return-value]
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+    """Unbiased pass@k, 1 - C(n-c, k) / C(n, k), as a fraction (Chen et al. 2021, product form)."""
+    if not 0 <= num_correct <= num_samples:
+        raise ValueError(f"num_correct={num_correct} must be between 0 and num_samples={num_samples}")
+    if not 1 <= k <= num_samples:
+        raise ValueError(f"k={k} must be between 1 and num_samples={num_samples}")
+    if num_samples - num_correct < k:
+        return 1.0
+    # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i), without huge binomials.
+    return float(1.0 - np.prod(1.0 - k / np.arange(num_samples - num_correct + 1, num_samples + 1)))
+
+
+def mean_pass_at_k(
+    correct_counts: Sequence[int], num_samples: int | Sequence[int], ks: Sequence[int] = (1,)
+) -> dict[str, float]:
+    """Mean pass@k over problems, keyed "pass@1", ...; num_samples is one count or one per problem."""
+    if not correct_counts:
+        raise ValueError("no problems to score")
+    samples = [num_samples] * len(correct_counts) if isinstance(num_samples, int) else list(num_samples)
+    if len(samples) != len(correct_counts):
+        raise ValueError(f"{len(samples)} sample counts for {len(correct_counts)} problems")
+    return {
+        f"pass@{k}": float(
+            np.mean([pass_at_k(n, c, k) for n, c in zip(samples, correct_counts, strict=True)])
+        )
+        for k in ks
+    }
