@@ -24,7 +24,7 @@ def run(tmp_path, *args: str) -> dict:
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "lopa"])
 def test_smollm2_training_loss_falls_on_rte(tmp_path, method):
-    record = run(tmp_path, "model=smollm2-135m", f"method={method}", "encoder=minilm-l6", "trainer.train_limit=32",
+    record = run(tmp_path, "model=smollm2-135m", f"method={method}", "encoder=minilm-l6", "trainer.train_limit=48",
                  "trainer.batch_size=4", "trainer.max_steps=12", "trainer.log_every=4", "trainer.lr=0.01",
                  "trainer.warmup_steps=0", "eval.limit=16", "task.max_length=128")
     losses = [entry["loss"] for entry in record["train_losses"]]

@@ -1,0 +1,444 @@
+"""Results tables from run records: results/<experiment>.{csv,md,tex} (mean ± std over seeds, beside the paper).
+
+    python scripts/collect_results.py                                   # every experiment under outputs/ and multirun/
+    python scripts/collect_results.py --runs multirun/glue_table --experiment glue_table --out results/
+
+Each run directory's `results.json` is one record; runs are grouped by their config's `experiment_name` (runs
+without one go to a table named `adhoc`) and, within it, by model, task, method, m, r and any other override
+that varies between the runs; seeds are averaged. Failed runs, runs without a record (killed, timed out) and
+sweep jobs that never started (from the sweep's `multirun.yaml`) are listed under the table. Figures come from
+the same rows (scripts/plot_results.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+
+from plot_results import METHOD_LABELS, TASK_LABELS, plot_experiment  # noqa: E402
+
+from lopa.records import atomic_write  # noqa: E402
+
+PAPER_NUMBERS = REPO / "results" / "paper_numbers.csv"
+RESULTS_FILE = "results.json"
+SKIP_DIRS = {".hydra", ".submitit", "wandb", "weights", "__pycache__"}
+ADHOC = "adhoc"
+# Overrides that name a column of their own, or that never change what a run computes.
+COLUMN_KEYS = {"model", "task", "method", "method.prompt_length", "method.rank", "seed", "experiment"}
+IGNORED_KEYS = {"data_dir", "logger", "device", "trainer.num_workers", "eval.batch_size", "trainer.log_every"}
+METHOD_ORDER = list(METHOD_LABELS)
+TASK_ORDER = list(TASK_LABELS)
+FRACTION_METRICS = {"accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"}
+CSV_COLUMNS = ["experiment", "model", "task", "method", "prompt_length", "rank"]
+STAT_COLUMNS = ["metric", "mean", "std", "n_seeds", "seeds", "n_failed", "n_missing", "trainable_params",
+                "paper", "diff"]
+
+
+@dataclass
+class Run:
+    """One run directory (or one sweep job that never started), reduced to what the tables need."""
+
+    run_dir: Path
+    status: str  # completed, failed, interrupted (resumable), incomplete (no record) or missing (never started)
+    experiment: str
+    model: str | None = None
+    task: str | None = None
+    method: str | None = None
+    seed: int | None = None
+    prompt_length: int | None = None
+    rank: int | None = None
+    overrides: dict[str, str] = field(default_factory=dict)
+    metric: str | None = None
+    score: float | None = None  # the primary metric, in percent for fraction metrics
+    trainable: int | None = None
+    run_name: str | None = None
+    error: str | None = None
+
+
+def as_percent(metric: str, value: float) -> float:
+    return 100 * value if metric in FRACTION_METRICS or metric.startswith("pass@") else value
+
+
+def override_key(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def load_yaml(path: Path) -> dict | list | None:
+    if not path.is_file():
+        return None
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def run_config(run_dir: Path, record: dict | None) -> dict:
+    """The run's config: from its record, else the resolved config.yaml, else Hydra's unresolved copy."""
+    if record and isinstance(record.get("config"), dict):
+        return record["config"]
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        config = load_yaml(path)
+        if isinstance(config, dict):
+            return config
+    return {}
+
+
+def select(config: dict, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return None if isinstance(node, str) and "${" in node else node
+
+
+def load_run(run_dir: Path, score: str = "best") -> Run:
+    record_path = run_dir / RESULTS_FILE
+    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    config = run_config(run_dir, record)
+    overrides = load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    run = Run(
+        run_dir=run_dir,
+        status=(record or {}).get("status", "incomplete"),
+        experiment=config.get("experiment_name") or ADHOC,
+        model=(record or {}).get("model") or select(config, "model.name"),
+        task=(record or {}).get("task") or select(config, "task.name"),
+        method=(record or {}).get("method") or select(config, "method.name"),
+        seed=(record or {}).get("seed", select(config, "seed")),
+        prompt_length=select(config, "method.prompt_length"),
+        rank=select(config, "method.rank"),
+        overrides=dict(override_key(o) for o in overrides),
+        run_name=(record or {}).get("run_name") or select(config, "run_name"),
+        error=(record or {}).get("error"),
+    )
+    if run.status == "completed":
+        run.metric = record["primary_metric"]
+        evaluation = record.get(score) or {}
+        if run.metric in evaluation:
+            run.score = as_percent(run.metric, float(evaluation[run.metric]))
+        run.trainable = (record.get("parameters") or {}).get("trainable")
+    return run
+
+
+def find_run_dirs(roots: list[Path]) -> tuple[list[Path], list[Path]]:
+    """Run directories (a record or Hydra's .hydra/ inside) and sweep directories (multirun.yaml inside)."""
+    runs, sweeps = [], []
+    for root in roots:
+        for directory, subdirs, files in os.walk(root):
+            here = Path(directory)
+            if "multirun.yaml" in files:
+                sweeps.append(here)
+            if RESULTS_FILE in files or ".hydra" in subdirs:
+                runs.append(here)
+                subdirs[:] = []
+                continue
+            subdirs[:] = sorted(d for d in subdirs if d not in SKIP_DIRS)
+    return sorted(set(runs)), sorted(set(sweeps))
+
+
+def expected_jobs(sweep_dir: Path) -> list[list[str]]:
+    """The override lists Hydra's basic sweeper made for this sweep (empty when they cannot be recovered)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    config = load_yaml(sweep_dir / "multirun.yaml") or {}
+    hydra = config.get("hydra", {})
+    if "BasicSweeper" not in str(select(hydra, "sweeper._target_")):
+        return []
+    params = select(hydra, "sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()] + list(select(hydra, "overrides.task") or [])
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        return BasicSweeper.split_arguments(overrides, None)[0]
+    except Exception as error:  # a sweep this parser cannot expand without the config loader (glob choices)
+        print(f"warning: cannot recover the jobs of sweep {sweep_dir}: {error}", file=sys.stderr)
+        return []
+
+
+def compose_job(overrides: list[str]) -> dict:
+    """The config a sweep job would have had, composed from today's configs/ (empty if it no longer composes)."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            return OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=False)
+    except Exception:
+        return {}
+
+
+def missing_jobs(sweep_dir: Path, runs: list[Run]) -> list[Run]:
+    """Sweep jobs with no run directory at all: never started, or lost."""
+    present = {frozenset(f"{k}={v}" for k, v in run.overrides.items()) for run in runs
+               if sweep_dir in run.run_dir.parents}
+    missing = []
+    for job in expected_jobs(sweep_dir):
+        values = dict(override_key(o) for o in job)
+        if frozenset(f"{k}={v}" for k, v in values.items()) in present:
+            continue
+        config = compose_job(job)
+        missing.append(Run(
+            run_dir=sweep_dir, status="missing", experiment=config.get("experiment_name") or ADHOC,
+            model=select(config, "model.name") or values.get("model"),
+            task=select(config, "task.name") or values.get("task"),
+            method=select(config, "method.name") or values.get("method"),
+            seed=select(config, "seed"), prompt_length=select(config, "method.prompt_length"),
+            rank=select(config, "method.rank"), overrides=values, error="never started: " + " ".join(job)))
+    return missing
+
+
+def short_task(task: str | None) -> str | None:
+    return task.split("/")[-1] if task else task
+
+
+def varying_keys(runs: list[Run]) -> list[str]:
+    """Overrides (besides the table's own columns) whose value differs between the runs of one experiment."""
+    keys = {key for run in runs for key in run.overrides} - COLUMN_KEYS - IGNORED_KEYS
+    return sorted(key for key in keys if not key.startswith("hydra") and len({run.overrides.get(key) for run in runs}) > 1)
+
+
+PaperNumbers = dict[tuple[str, str, str], list[tuple[float, float, float]]]
+
+
+def load_paper_numbers(path: Path = PAPER_NUMBERS) -> PaperNumbers:
+    """(model, method, task) -> [(m, r, value)], m and r NaN where the paper's cell does not pin them."""
+    if not path.is_file():
+        return {}
+    numbers: PaperNumbers = defaultdict(list)
+    for row in pd.read_csv(path).itertuples():
+        numbers[(row.model, row.method, row.task)].append((row.prompt_length, row.rank, float(row.value)))
+    return numbers
+
+
+def paper_value(paper: PaperNumbers, model, method, task, prompt_length, rank) -> float | None:
+    """The paper's number for this cell, if the paper ran this setting (same m and r where it states them)."""
+    for paper_m, paper_r, value in paper.get((model, method, task), []):
+        if (missing(paper_m) or paper_m == prompt_length) and (missing(paper_r) or paper_r == rank):
+            return value
+    return None
+
+
+def aggregate(runs: list[Run], paper: PaperNumbers) -> pd.DataFrame:
+    """One row per (model, task, method, m, r, varying overrides): mean ± std of the primary metric over seeds."""
+    extras = varying_keys([run for run in runs if run.status != "missing"])
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        key = (run.experiment, run.model, short_task(run.task), run.method, run.prompt_length, run.rank,
+               *(run.overrides.get(extra) for extra in extras))
+        groups[key].append(run)
+    rows = []
+    for key, members in groups.items():
+        done = sorted((run for run in members if run.status == "completed" and run.score is not None),
+                      key=lambda run: (run.seed is None, run.seed))
+        scores = [run.score for run in done]
+        params = sorted({run.trainable for run in done if run.trainable is not None})
+        model, task, method, prompt_length, rank = key[1:6]
+        reported = paper_value(paper, model, method, task, prompt_length, rank)
+        mean = statistics.fmean(scores) if scores else math.nan
+        rows.append({
+            **dict(zip(CSV_COLUMNS + extras, key)),
+            "metric": next((run.metric for run in done), None),
+            "mean": mean,
+            "std": statistics.stdev(scores) if len(scores) > 1 else math.nan,
+            "n_seeds": len(scores),
+            "seeds": " ".join(str(run.seed) for run in done),
+            "n_failed": sum(run.status == "failed" for run in members),
+            "n_missing": sum(run.status not in ("completed", "failed") for run in members),
+            "trainable_params": params[-1] if params else None,  # one value unless seeds disagree
+            "paper": reported,
+            "diff": mean - reported if reported is not None and scores else math.nan,
+        })
+    rows.sort(key=lambda row: row_order(row, extras))
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS + extras + STAT_COLUMNS)
+    for column in ("prompt_length", "rank", "trainable_params"):  # integers with gaps, not floats
+        frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def order_of(value, order: list[str]) -> tuple:
+    return (order.index(value), "") if value in order else (len(order), str(value))
+
+
+def missing(value) -> bool:
+    return value is None or (not isinstance(value, str) and bool(pd.isna(value)))
+
+
+def row_order(row: dict, extras: list[str]) -> tuple:
+    """Model, then the paper's method order, m, r, other settings, then the paper's task order."""
+    number = [-1.0 if missing(row[c]) else float(row[c]) for c in ("prompt_length", "rank")]
+    return (str(row["model"]), order_of(row["method"], METHOD_ORDER), *number,
+            tuple(str(row[c]) for c in extras), order_of(row["task"], TASK_ORDER))
+
+
+def format_params(count) -> str:
+    if missing(count):
+        return "–"
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if count >= scale:
+            return f"{count / scale:.2f}{suffix}"
+    return str(int(count))
+
+
+def format_cell(row: pd.Series, pm: str = "±") -> str:
+    ours = "–" if row["n_seeds"] == 0 else (f"{row['mean']:.2f}" if row["n_seeds"] == 1
+                                            else f"{row['mean']:.2f} {pm} {row['std']:.2f}")
+    if row["n_failed"] or row["n_missing"]:
+        ours += "*"
+    paper = row["paper"]
+    return ours if missing(paper) else f"{ours} / {paper:.2f}"
+
+
+def show(value) -> str:
+    """A setting value for a table cell: integers without '.0', '–' for none."""
+    if missing(value):
+        return "–"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def wide_tables(frame: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]], int]]:
+    """Per model: (model, header, rows, number of setting columns), one row per method setting, one column per task."""
+    extras = list(frame.columns[len(CSV_COLUMNS):frame.columns.get_loc("metric")])
+    shown = [c for c in ("prompt_length", "rank") if frame[c].dropna().nunique() > 1] + extras
+    labels = {"prompt_length": "m", "rank": "r"}
+    tables = []
+    for model, part in frame.groupby("model", sort=False, dropna=False):
+        tasks = sorted(part["task"].dropna().unique(), key=lambda task: order_of(task, TASK_ORDER))
+        header = ["method", *(labels.get(c, c) for c in shown), "params", "seeds",
+                  *(TASK_LABELS.get(task, task) for task in tasks)]
+        rows = []
+        for setting, cells in part.groupby(["method", *shown], sort=False, dropna=False):
+            setting = setting if isinstance(setting, tuple) else (setting,)
+            by_task = {row["task"]: row for _, row in cells.iterrows()}
+            seeds = sorted({int(n) for n in cells["n_seeds"]})
+            rows.append([METHOD_LABELS.get(setting[0], show(setting[0])), *(show(v) for v in setting[1:]),
+                         format_params(cells["trainable_params"].max()),
+                         str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}",
+                         *(format_cell(by_task[task]) if task in by_task else "" for task in tasks)])
+        tables.append((show(model), header, rows, len(header) - len(tasks)))
+    return tables
+
+
+def problems(runs: list[Run]) -> list[str]:
+    """One line per failed, unrecorded or never-started run."""
+    lines = []
+    for run in sorted(runs, key=lambda run: (run.status, str(run.run_dir), str(run.error))):
+        what = f"method={run.method} task={short_task(run.task)} model={run.model} seed={run.seed}"
+        if run.prompt_length is not None:
+            what += f" m={run.prompt_length}"
+        if run.rank is not None:
+            what += f" r={run.rank}"
+        if run.status == "failed":
+            lines.append(f"failed: {run.run_name or run.run_dir.name} ({what}): {run.error} [{run.run_dir}]")
+        elif run.status == "interrupted":
+            lines.append(f"interrupted (rerun the same command in its directory to resume): {what} [{run.run_dir}]")
+        elif run.status == "incomplete":
+            lines.append(f"no record (running, killed or timed out): {what} [{run.run_dir}]")
+        elif run.status == "missing":
+            lines.append(f"not run: {what} [sweep {run.run_dir}]")
+        else:
+            lines.append(f"{run.status}: {what} [{run.run_dir}]")
+    return lines
+
+
+def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, score: str = "best") -> str:
+    metric = ", ".join(sorted(frame["metric"].dropna().unique())) or "no completed run"
+    out = [f"# {name}", "",
+           f"Primary metric ({metric}), percent: mean ± std over seeds of each run's {score} evaluation; "
+           "`ours / paper` where the paper reports the cell (METHODS.md §7); * = some seeds failed or missing.", "",
+           f"Made by `{command}` from {sum(run.status != 'missing' for run in runs)} run directories.", ""]
+    for model, header, rows, _ in wide_tables(frame):
+        out += [f"## {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(row) + " |" for row in rows]
+        out.append("")
+    lines = problems([run for run in runs if run.status != "completed"])
+    out += ["## Failed or missing runs", ""] + ([f"- {line}" for line in lines] or ["none"]) + [""]
+    return "\n".join(out)
+
+
+def tex_escape(text: str) -> str:
+    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                          ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+        text = text.replace(char, escaped)
+    return text
+
+
+def latex(name: str, frame: pd.DataFrame, runs: list[Run], command: str) -> str:
+    out = [f"% {name}: made by `{command}`; cells: ours (mean $\\pm$ std over seeds) / paper; * = failed or missing seeds"]
+    for model, header, rows, settings in wide_tables(frame):
+        out += [f"% model: {model}", r"\begin{tabular}{" + "l" * settings + "r" * (len(header) - settings) + "}", r"\toprule",
+                " & ".join(tex_escape(h) for h in header) + r" \\", r"\midrule"]
+        out += [" & ".join(tex_escape(cell).replace("±", r"$\pm$").replace("–", "--") for cell in row) + r" \\"
+                for row in rows]
+        out += [r"\bottomrule", r"\end{tabular}", ""]
+    lines = problems([run for run in runs if run.status != "completed"])
+    out += ["% Failed or missing runs:"] + [f"%   {line}" for line in lines or ["none"]]
+    return "\n".join(out) + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def collect(roots: list[Path], out_dir: Path, experiment: str | None = None, score: str = "best",
+            paper_path: Path = PAPER_NUMBERS, figures: bool = True, command: str = "scripts/collect_results.py") -> dict[str, pd.DataFrame]:
+    """Write the tables (and figures) of every experiment found under `roots`; returns the rows per experiment."""
+    run_dirs, sweep_dirs = find_run_dirs([root for root in roots if root.exists()])
+    runs = [load_run(run_dir, score) for run_dir in run_dirs]
+    for sweep_dir in sweep_dirs:
+        runs += missing_jobs(sweep_dir, runs)
+    by_experiment: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_experiment[run.experiment].append(run)
+    names = [experiment] if experiment else sorted(by_experiment)
+    paper = load_paper_numbers(paper_path)
+    tables = {}
+    for name in names:
+        members = by_experiment.get(name, [])
+        if not members:
+            print(f"no runs of experiment {name!r} under {', '.join(map(str, roots))}", file=sys.stderr)
+            continue
+        frame = aggregate(members, paper)
+        atomic_write(out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
+        write_text(out_dir / f"{name}.md", markdown(name, frame, members, command, score))
+        write_text(out_dir / f"{name}.tex", latex(name, frame, members, command))
+        written = [f"{name}.{ext}" for ext in ("csv", "md", "tex")]
+        if figures:
+            written += [path.name for path in plot_experiment(frame, out_dir, name)]
+        failed = sum(run.status != "completed" for run in members)
+        print(f"{name}: {len(frame)} rows from {len(members)} runs ({failed} failed or missing) -> "
+              f"{out_dir}/{{{', '.join(written)}}}")
+        tables[name] = frame
+    return tables
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", type=Path, default=[REPO / "outputs", REPO / "multirun"],
+                        help="directories searched for run directories (default: outputs/ and multirun/)")
+    parser.add_argument("--out", type=Path, default=REPO / "results", help="where the tables and figures go")
+    parser.add_argument("--experiment", help="only this experiment_name (default: one table per name found)")
+    parser.add_argument("--score", choices=("best", "final"), default="best",
+                        help="which evaluation of each run: the best one (the paper's best dev epoch) or the last")
+    parser.add_argument("--paper", type=Path, default=PAPER_NUMBERS, help="the paper's numbers (CSV)")
+    parser.add_argument("--no-figures", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    command = "python scripts/collect_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    tables = collect(args.runs, args.out, args.experiment, args.score, args.paper, not args.no_figures, command.strip())
+    if not tables:
+        print(f"no run records found under {', '.join(map(str, args.runs))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
