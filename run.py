@@ -8,39 +8,64 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from lopa.cli import check_group_choices
+from lopa.cli import FAILED_JOBS, is_main_rank, prepare_overrides, relaunch_if_needed
+
+EXIT_BAD_INPUT = 2  # a ConfigError: the one `error:` line on stderr says what to change
+EXIT_SWEEP_FAILURES = 1  # a multirun finished, but some of its jobs failed (their records say why)
+EXIT_INTERRUPTED = 143  # SIGTERM: a checkpoint was saved; rerun the same command in the same run directory
 
 
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import logging
     import traceback
 
     from hydra.core.hydra_config import HydraConfig
 
     from lopa.errors import ConfigError
-    from lopa.records import write_json
+    from lopa.records import failed_record, write_json
     from lopa.runner import (  # heavy imports (torch, transformers) only once the config is valid
         RESULTS_FILE,
         run,
     )
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    single_run = HydraConfig.get().mode.name == "RUN"
     try:
         record = run(cfg, run_dir)
     except Exception as error:
-        # A complete record marked failed, so sweeps list the failure instead of losing it.
-        write_json(run_dir / RESULTS_FILE, {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                                            "run_name": cfg.get("run_name"), "traceback": traceback.format_exc()})
-        if isinstance(error, ConfigError):
-            print(f"error: {error}", file=sys.stderr)
-            if HydraConfig.get().mode.name == "RUN":
-                sys.exit(2)
-        raise
+        message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
+        if is_main_rank():
+            # A complete record marked failed, so sweeps list the failure instead of losing it.
+            write_json(run_dir / RESULTS_FILE, failed_record(cfg, message, traceback.format_exc()))
+        if single_run:
+            if not isinstance(error, ConfigError):
+                raise  # a bug, not bad input: keep the traceback
+            if is_main_rank():
+                print(f"error: {message}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        # In a sweep the other jobs go on; the record and the job's log hold the details.
+        logging.getLogger("run").error("job failed: %s", message, exc_info=not isinstance(error, ConfigError))
+        if is_main_rank():
+            print(f"error: job {HydraConfig.get().job.num} ({run_dir}) failed: {message}", file=sys.stderr)
+        FAILED_JOBS.append(str(run_dir))
+        return
+    if record["status"] == "interrupted":
+        if is_main_rank():
+            print(f"interrupted by SIGTERM at step {record['steps']}: checkpoint {record['checkpoint']}; run the same "
+                  f"command with hydra.run.dir={run_dir} to resume", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     best = record["best"]
-    print(f"{record['run_name']}: best {record['primary_metric']}={best[record['primary_metric']]:.4f} "
-          f"at step {best['step']}, {record['parameters']['trainable']:,} trainable parameters -> {run_dir / RESULTS_FILE}")
+    if is_main_rank():
+        print(f"{record['run_name']}: best {record['primary_metric']}={best[record['primary_metric']]:.4f} "
+              f"at step {best['step']}, {record['parameters']['trainable']:,} trainable parameters -> {run_dir / RESULTS_FILE}")
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:], Path(__file__).parent / "configs")
+    sys.argv[1:] = prepare_overrides(sys.argv[1:], Path(__file__).parent / "configs")
+    relaunch_if_needed([str(Path(__file__).resolve()), *sys.argv[1:]])
     main()
+    if FAILED_JOBS:
+        print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed (status \"failed\" in their results.json): "
+              f"{', '.join(FAILED_JOBS)}", file=sys.stderr)
+        sys.exit(EXIT_SWEEP_FAILURES)

@@ -38,6 +38,8 @@ def load_rows(source: DictConfig, split: str, data_dir: str | None) -> list[dict
         if not path.is_file():
             raise ConfigError(f"no file for split {split!r} at {path} (data_dir={str(root)!r})")
         rows = read_jsonl(path)
+        if not rows:
+            raise ConfigError(f"split {split!r} is empty: {path} holds no rows")
     else:
         import datasets  # imported lazily: only Hub runs need it
 

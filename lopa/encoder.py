@@ -62,6 +62,20 @@ class InstanceEncoder(nn.Module):
         features = features.float()
         return F.normalize(features, dim=-1) if self.cfg.normalize else features
 
+    def fill_cache(self, texts: list[str], keys: list[str], batch_size: int) -> None:
+        """Encode every uncached example in the given order and batches.
+
+        Features then do not depend on which examples share a training batch (padding changes them by ~1e-7),
+        so a resumed run, or one with another number of processes, sees exactly the same features.
+        """
+        if not self.cache_features:
+            return
+        missing = list({key: text for key, text in zip(keys, texts) if key not in self.feature_cache}.items())
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            for (key, _), feature in zip(chunk, self.encode([text for _, text in chunk])):
+                self.feature_cache[key] = feature
+
     def forward(self, texts: list[str], keys: list[str] | None = None) -> Tensor:
         """Features [B, d_enc] of `texts`; with keys and caching on, each key is encoded only once."""
         if not self.cache_features or keys is None:
@@ -87,6 +101,10 @@ class InstanceDependentMethod(Method):
         self.instance_encoder = build_instance_encoder(ctx.encoder_cfg, cfg.name, cfg.cache_features)
 
     generator: nn.Module  # instance features [B, d_enc] -> prompt [B, m, d]; built by the subclass
+
+    def prepare_examples(self, examples: list[dict], batch_size: int) -> None:
+        self.instance_encoder.fill_cache([e["encoder_text"] for e in examples], [e["example_key"] for e in examples],
+                                         batch_size)
 
     def instance_features(self, batch: dict) -> Tensor:
         return self.instance_encoder(batch["encoder_texts"], batch.get("example_keys"))

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import save_model
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -53,11 +58,48 @@ def from_pretrained(auto_class, source: str, trust_remote_code: bool, config_gro
         raise
 
 
+def dequantised_gguf(cfg: DictConfig) -> str:
+    """A directory holding the GGUF checkpoint dequantised to safetensors (made once, then reused).
+
+    Dequantising SmolLM2's GGUF takes ~30 s per load; the cached copy loads in well under a second with
+    identical weights. The cache key is the GGUF file's path, size and modification time.
+    """
+    gguf_path = Path(resolve_source(cfg.pretrained)) / cfg.gguf_file
+    if not gguf_path.is_file():
+        raise ConfigError(f"GGUF file {str(gguf_path)!r} of model {cfg.name!r} does not exist")
+    stat = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("LOPA_CACHE_DIR", Path.home() / ".cache" / "lopa")) / "gguf"
+    cached = root / f"{cfg.name}-{key}"
+    if (cached / "model.safetensors").is_file():
+        return str(cached)
+    log.info("dequantising %s once into %s", gguf_path, cached)
+    source = str(gguf_path.parent)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=cfg.gguf_file)
+    fm = MODEL_KINDS[cfg.kind].from_pretrained(source, gguf_file=cfg.gguf_file, dtype=torch.float32)
+    fm.config.__dict__.pop("quantization_config", None)  # the dequantised weights are plain fp32
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
+    fm.config.save_pretrained(staging)
+    save_model(fm, str(staging / "model.safetensors"))
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(cached)
+    except OSError:  # another process finished first: its copy is the same
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(cached)
+
+
+def pretrained_source(cfg: DictConfig) -> str:
+    return dequantised_gguf(cfg) if cfg.get("gguf_file") else cfg.pretrained
+
+
 def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     """The FM's tokenizer, with a pad token and the padding side the FM kind needs."""
-    source = cfg.tokenizer or cfg.pretrained
-    kwargs = {"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") and not cfg.tokenizer else {}
-    tokenizer = from_pretrained(AutoTokenizer, source, cfg.trust_remote_code, "model", **kwargs)
+    source = cfg.tokenizer or pretrained_source(cfg)
+    tokenizer = from_pretrained(AutoTokenizer, source, cfg.trust_remote_code, "model")
+    if tokenizer.eos_token is None:  # WordPiece vocabularies (the tiny test models) end sequences with [SEP]
+        tokenizer.eos_token = tokenizer.sep_token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     # Causal FMs score the last position, and generation needs the text to end at the right edge.
@@ -80,10 +122,14 @@ def load_fm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
         config.pad_token_id = tokenizer.pad_token_id
         fm = auto_class.from_config(config, dtype=dtype)
     else:
-        kwargs = {"gguf_file": cfg.gguf_file} if cfg.get("gguf_file") else {}
-        fm = from_pretrained(auto_class, cfg.pretrained, cfg.trust_remote_code, "model", dtype=dtype, **kwargs)
+        fm = from_pretrained(auto_class, pretrained_source(cfg), cfg.trust_remote_code, "model", dtype=dtype)
     if fm.config.pad_token_id is None:
         fm.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.kind == "seq2seq" and getattr(fm.config, "decoder_start_token_id", None) is None:
+        # T5's convention (its Hub configs say so); configs built from an architecture leave it unset.
+        fm.config.decoder_start_token_id = fm.config.pad_token_id
+    if cfg.kind == "seq2seq" and fm.generation_config.decoder_start_token_id is None:
+        fm.generation_config.decoder_start_token_id = fm.config.decoder_start_token_id
     hidden = input_embedding_dim(fm)
     if cfg.get("hidden_size") and cfg.hidden_size != hidden:
         log.warning("model config says hidden_size=%s but the loaded FM has %s", cfg.hidden_size, hidden)

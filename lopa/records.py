@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from lopa.errors import ConfigError
@@ -18,14 +19,30 @@ WEIGHTS_FILE = "trained.safetensors"
 WEIGHTS_CONFIG_FILE = "trained_config.json"
 
 
+def _file_mode() -> int:
+    """The mode a plain `open(path, "w")` would give (mkstemp's files are private: 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, flush it to disk, then rename it into place.
+
+    Readers see either the old file or the complete new one, never a partial write, even after a crash.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -37,6 +54,21 @@ def write_json(path: Path, record: dict) -> None:
         tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
 
     atomic_write(path, write)
+
+
+def failed_record(cfg: DictConfig, error: str, trace: str) -> dict:
+    """What a failed run's results.json holds: the error, and as much of the config as resolves."""
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that cannot resolve may be the very error
+        config = OmegaConf.to_container(cfg, resolve=False)
+
+    def value(key: str):
+        return OmegaConf.select(OmegaConf.create(config), key, default=None, throw_on_resolution_failure=False)
+
+    return {"status": "failed", "error": error, "run_name": value("run_name"), "method": value("method.name"),
+            "task": value("task.name"), "model": value("model.name"), "seed": value("seed"), "config": config,
+            "traceback": trace}
 
 
 def git_commit(repo_dir: Path | None = None) -> str | None:

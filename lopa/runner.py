@@ -10,12 +10,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lopa.checkpointing import (
+    Checkpointer,
+    EpochShuffle,
+    check_resume_config,
+    checkpoint_settings,
+    resume_checkpoint,
+)
 from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
-from lopa.records import git_commit, load_trained, machine_info, save_trained, write_json
+from lopa.records import WEIGHTS_FILE, git_commit, load_trained, machine_info, save_trained, write_json
 from lopa.registry import method_class
 from lopa.soft_prompt import MethodContext, TunedModel
 from lopa.tasks import build_task
@@ -50,14 +57,20 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"missing required config values: {', '.join(missing)} (set them on the command line)")
     check_choice("mode", cfg.mode, MODES)
-    if cfg.mode == "evaluate" and not cfg.checkpoint:
-        raise ConfigError("mode=evaluate needs checkpoint=<directory of trained weights>")
+    if cfg.mode == "evaluate" and not cfg.checkpoint and cfg.method.name != "zero_shot":
+        raise ConfigError(f"mode=evaluate with method={cfg.method.name} needs checkpoint=<directory of trained weights> "
+                          "(or method=zero_shot for the untrained FM)")
+    if cfg.checkpoint and not (Path(cfg.checkpoint).expanduser() / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} does not exist or holds no {WEIGHTS_FILE}")
+    checkpoint_settings(cfg.trainer)
+    check_resume_config(cfg.trainer.get("resume", "auto"))
 
 
 def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
     device = str(cfg.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} requested but no GPU is available here (use device=cpu or device=auto)")
+    check_choice("device", device.split(":")[0], ("auto", "cpu", "cuda"))
     check_choice("trainer.mixed_precision", cfg.trainer.mixed_precision, ("no", "fp16", "bf16"))
     log_with = None
     if cfg.logger.name == "wandb":
@@ -69,7 +82,7 @@ def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
     else:
         check_choice("logger", cfg.logger.name, ("wandb", "none"))
     return Accelerator(
-        cpu=device == "cpu",
+        cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
         mixed_precision=cfg.trainer.mixed_precision,
         gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
         log_with=log_with,
@@ -116,15 +129,26 @@ def build_model(cfg: DictConfig, tokenizer, fm, task: Task, train_rows: list[dic
     return model
 
 
+def shared_run_dir(accelerator: Accelerator, run_dir: Path) -> Path:
+    """The main process's run directory on every process (Hydra's timestamped ones may differ by a second)."""
+    if accelerator.num_processes == 1:
+        return run_dir
+    shared = [str(run_dir.resolve())]
+    broadcast_object_list(shared, from_process=0)
+    return Path(shared[0])
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """The whole job; returns the record it wrote to `run_dir/results.json`."""
     started = time.time()
     check_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     data_dir = str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None
     set_seed(cfg.seed)
     accelerator = make_accelerator(cfg, run_dir)
+    run_dir = shared_run_dir(accelerator, run_dir)
+    if accelerator.is_main_process:  # only the main process writes into the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
     tokenizer = load_tokenizer(cfg.model)
     fm = load_fm(cfg.model, tokenizer)
@@ -141,7 +165,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     train_examples = [task.encode(row, i, "train") for i, row in enumerate(train_rows)]
     eval_examples = [task.encode(row, i, cfg.eval.split) for i, row in enumerate(eval_rows)]
-    eval_loader = task.dataloader(eval_examples, cfg.eval.batch_size, shuffle=False)
+    eval_loader = task.dataloader(eval_examples, cfg.eval.batch_size, shuffle=False, generator=torch.Generator())
+    model.to(accelerator.device)
+    model.method.prepare_examples(train_examples + eval_examples, cfg.eval.batch_size)
     weights_dir = run_dir / "weights"
     weights_config = {
         "method": OmegaConf.to_container(cfg.method, resolve=True),
@@ -168,23 +194,35 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "primary_metric": task.primary_metric,
     }
     if cfg.mode == "train":
-        generator = torch.Generator().manual_seed(cfg.seed)
-        train_loader = task.dataloader(
-            train_examples, cfg.trainer.batch_size, shuffle=True, generator=generator, num_workers=cfg.trainer.num_workers
-        )
+        # The loader's own generator keeps DataLoader iterators from drawing on the global RNG (dropout's), which
+        # a resumed run restores at a step boundary: a new iterator there would otherwise shift it.
+        train_loader = task.dataloader(train_examples, cfg.trainer.batch_size, shuffle=False,
+                                       sampler=EpochShuffle(len(train_examples), cfg.seed),
+                                       generator=torch.Generator().manual_seed(cfg.seed),
+                                       num_workers=cfg.trainer.num_workers)
+        checkpointer = Checkpointer(run_dir, *checkpoint_settings(cfg.trainer), OmegaConf.to_container(cfg, resolve=True),
+                                    accelerator)
+        resume = cfg.trainer.get("resume", "auto")
+        resume_from = resume_checkpoint(resume, run_dir)
+        if resume is False:
+            checkpointer.clear()
 
         def save_best(evaluation: dict) -> None:
             if cfg.trainer.save_weights and accelerator.is_main_process:
                 save_trained(accelerator.unwrap_model(model), weights_dir, {**weights_config, "evaluation": evaluation})
 
-        outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=save_best)
+        outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=save_best,
+                        checkpointer=checkpointer, resume_from=resume_from)
         record.update(
+            status="interrupted" if outcome.interrupted else "completed",
             steps=outcome.steps,
             evaluations=outcome.evaluations,
             best=outcome.best,
-            final=outcome.evaluations[-1],
+            final=outcome.evaluations[-1] if outcome.evaluations else None,
             train_losses=outcome.train_losses,
             weights=str(weights_dir) if cfg.trainer.save_weights else None,
+            resumed_from=outcome.resumed_from,
+            checkpoint=outcome.last_checkpoint,
         )
     else:
         model = accelerator.prepare(model)

@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from lopa.checkpointing import Checkpointer, StopOnSigterm, TrainState
 from lopa.errors import check_choice
 from lopa.soft_prompt import TunedModel
 from lopa.tasks.base import Task
@@ -30,6 +32,13 @@ class TrainingOutcome:
     best: dict | None = None  # the evaluation with the best primary metric
     steps: int = 0
     train_losses: list[dict] = field(default_factory=list)  # {"step", "loss"} every log_every steps
+    resumed_from: str | None = None  # the checkpoint this run continued from
+    interrupted: bool = False  # stopped early by SIGTERM, after saving a checkpoint
+    last_checkpoint: str | None = None
+
+    def progress(self) -> dict:
+        """What a checkpoint must carry to rebuild this outcome."""
+        return {"evaluations": self.evaluations, "best": self.best, "train_losses": self.train_losses}
 
 
 def num_training_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
@@ -44,6 +53,14 @@ def scored_loss(model: TunedModel, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits, targets)
 
 
+def mean_over_processes(accelerator: Accelerator, loss_sum: float, count: int) -> float:
+    """The mean loss over every process's batches, not only the main one's."""
+    totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
+    return (totals[0] / totals[1]).item()
+
+
 def train(
     cfg: DictConfig,
     model: TunedModel,
@@ -52,8 +69,15 @@ def train(
     eval_loader: DataLoader,
     accelerator: Accelerator,
     on_best: Callable[[dict], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume_from: Path | None = None,
 ) -> TrainingOutcome:
-    """Train `model` with AdamW and evaluate it every `eval_every` steps (or each epoch), tracking the best."""
+    """Train `model` with AdamW and evaluate it every `eval_every` steps (or each epoch), tracking the best.
+
+    With a `checkpointer`, checkpoints are saved every `cfg.checkpoint_every` steps and when SIGTERM arrives (then
+    training stops early with `interrupted` set); `resume_from` continues from a checkpoint exactly where it was.
+    The train loader should shuffle with an `EpochShuffle` sampler, so an interrupted epoch replays in the same order.
+    """
     check_choice("trainer.scheduler", cfg.scheduler, SCHEDULERS)
     steps = num_training_steps(cfg, len(train_loader))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * steps)
@@ -61,59 +85,91 @@ def train(
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     if cfg.gradient_checkpointing:
         model.fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    sampler = train_loader.sampler
     model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         model, optimizer, train_loader, eval_loader, scheduler
     )
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     outcome = TrainingOutcome()
+    state = TrainState()
+    if resume_from is not None:
+        state, progress = checkpointer.load(resume_from, model, optimizer, scheduler)
+        outcome = TrainingOutcome(**progress, resumed_from=str(resume_from), last_checkpoint=str(resume_from))
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, state.step, state.epoch,
+                 state.batch_in_epoch)
+    outcome.steps = state.step
     metric = task.primary_metric
+    batches_per_epoch = len(train_loader)
 
     def evaluate(epoch: int) -> None:
         metrics = task.evaluate(model, eval_loader, accelerator)
-        record = {"step": outcome.steps, "epoch": epoch, **metrics}
+        record = {"step": state.step, "epoch": epoch, **metrics}
         outcome.evaluations.append(record)
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=outcome.steps)
-        log.info("step %d: %s", outcome.steps, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+        log.info("step %d: %s", state.step, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in metrics.items()))
         if outcome.best is None or metrics[metric] > outcome.best[metric]:
             outcome.best = record
             if on_best is not None:
                 on_best(record)
         model.train()
 
-    progress = tqdm(total=steps, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    running_loss, running_count = 0.0, 0
-    epoch = 0
+    def save_checkpoint() -> None:
+        path = checkpointer.save(model, optimizer, scheduler, state, outcome.progress())
+        outcome.last_checkpoint = str(path)
+
+    # Bars only on a terminal: in batch logs (SLURM, CI, pipes) they are noise, and the loss is logged anyway.
+    progress_bar = tqdm(total=steps, initial=state.step, desc="train", dynamic_ncols=True,
+                        disable=None if accelerator.is_local_main_process else True)
     model.train()
-    while outcome.steps < steps:
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                loss = scored_loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running_loss += loss.detach().float().item()
-            running_count += 1
-            if not accelerator.sync_gradients:
-                continue
-            outcome.steps += 1
-            progress.update(1)
-            if outcome.steps % cfg.log_every == 0 or outcome.steps == steps:
-                mean_loss = running_loss / running_count
-                outcome.train_losses.append({"step": outcome.steps, "loss": mean_loss})
-                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=outcome.steps)
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                running_loss, running_count = 0.0, 0
-            if cfg.eval_every and outcome.steps % cfg.eval_every == 0:
-                evaluate(epoch)
-            if outcome.steps >= steps:
-                break
-        epoch += 1
-        if not cfg.eval_every:
-            evaluate(epoch - 1)
-    progress.close()
-    if not outcome.evaluations or outcome.evaluations[-1]["step"] != outcome.steps:
-        evaluate(epoch - 1)
+    with StopOnSigterm(accelerator, enabled=checkpointer is not None) as sigterm:
+        while state.step < steps:
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(state.epoch)
+            if hasattr(train_loader, "set_epoch"):
+                train_loader.set_epoch(state.epoch)  # Accelerate re-applies its own epoch count to the sampler
+            batches = train_loader
+            if state.batch_in_epoch:
+                batches = accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    loss = scored_loss(model, batch)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batch_in_epoch += 1
+                state.running_loss += loss.detach().float().item()
+                state.running_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                state.step += 1
+                outcome.steps = state.step
+                progress_bar.update(1)
+                if state.step % cfg.log_every == 0 or state.step == steps:
+                    mean_loss = mean_over_processes(accelerator, state.running_loss, state.running_count)
+                    outcome.train_losses.append({"step": state.step, "loss": mean_loss})
+                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.step)
+                    progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    state.running_loss, state.running_count = 0.0, 0
+                end_of_epoch = state.batch_in_epoch >= batches_per_epoch
+                if (cfg.eval_every and state.step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch):
+                    evaluate(state.epoch)
+                if end_of_epoch:
+                    state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                stop = sigterm.requested()
+                if checkpointer is not None and (stop or checkpointer.due(state.step, last=state.step == steps)):
+                    save_checkpoint()
+                if stop:
+                    outcome.interrupted = True
+                    log.warning("SIGTERM: stopped at step %d after saving %s", state.step, outcome.last_checkpoint)
+                    progress_bar.close()
+                    return outcome
+                if state.step >= steps:
+                    break
+    progress_bar.close()
+    if not outcome.evaluations or outcome.evaluations[-1]["step"] != state.step:
+        evaluate(state.epoch if state.batch_in_epoch else state.epoch - 1)
     return outcome

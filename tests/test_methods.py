@@ -8,8 +8,8 @@ import torch
 from lopa.trainer import scored_loss
 from tests.helpers import batch_of, build
 
-PROMPT_METHODS = ["prompt_tuning", "lopa", "idpg"]
-TINY_MODELS = ["model=tiny-llama", "model=tiny-codegen", "model=tiny-roberta"]
+PROMPT_METHODS = ["prompt_tuning", "lopa", "idpg", "accept", "lowrank_prompt", "dept", "residual_prompt"]
+TINY_MODELS = ["model=tiny-llama", "model=tiny-codegen", "model=tiny-roberta", "model=tiny-t5"]
 
 
 def expected_trainable(model, method: str) -> set[str]:

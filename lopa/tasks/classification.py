@@ -1,4 +1,5 @@
-"""Prompt-based classification (METHODS.md §5): score label words at `<mask>` (masked FMs) or after the text (causal)."""
+"""Prompt-based classification (METHODS.md §5): score label words at `<mask>` (masked FMs), after the text (causal),
+or as the first decoder token (seq2seq: GLUE as text-to-text with the label word as the target)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,12 @@ def template_fields(template: str) -> list[str]:
 class ClassificationTask(Task):
     def __init__(self, cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, fm_kind: str, data_dir: str | None):
         super().__init__(cfg, tokenizer, fm_kind, data_dir)
-        if fm_kind == "causal":
-            self.template = cfg.causal_template
+        if fm_kind in ("causal", "seq2seq"):
+            # seq2seq FMs read the causal template (or a dedicated seq2seq_template) and answer in the decoder.
+            key = "seq2seq_template" if fm_kind == "seq2seq" and cfg.get("seq2seq_template") else "causal_template"
+            self.template = cfg[key]
             if MASK in self.template:
-                raise ConfigError(f"task {cfg.name!r}: causal_template must end where the label word goes, not hold {MASK}")
+                raise ConfigError(f"task {cfg.name!r}: {key} must end where the label word goes, not hold {MASK}")
         else:
             self.template = cfg.template
             if self.template.count(MASK) != 1:
@@ -83,12 +86,15 @@ class ClassificationTask(Task):
                 f"(allowed 0..{len(self.label_word_ids) - 1})"
             )
         input_ids = self._tokenize_within_budget(row)
-        if self.fm_kind == "causal":
-            position = len(input_ids) - 1  # logits after the last text token predict the label word
+        if self.fm_kind == "seq2seq":
+            # The decoder's one target is the label word's first token (one scored row per example, like the others).
+            target_ids = [self.label_word_ids[label]]
+        elif self.fm_kind == "causal":
+            target_ids = [-100] * len(input_ids)
+            target_ids[-1] = self.label_word_ids[label]  # logits after the last text token predict the label word
         else:
-            position = input_ids.index(self.tokenizer.mask_token_id)
-        target_ids = [-100] * len(input_ids)
-        target_ids[position] = self.label_word_ids[label]
+            target_ids = [-100] * len(input_ids)
+            target_ids[input_ids.index(self.tokenizer.mask_token_id)] = self.label_word_ids[label]
         return {
             "input_ids": input_ids,
             "target_ids": target_ids,
@@ -108,7 +114,7 @@ class ClassificationTask(Task):
         model.eval()
         label_word_ids = torch.tensor(self.label_word_ids, device=accelerator.device)
         predictions, references = [], []
-        for batch in tqdm(loader, desc="eval", disable=not accelerator.is_local_main_process, leave=False):
+        for batch in tqdm(loader, desc="eval", disable=None if accelerator.is_local_main_process else True, leave=False):
             logits, _ = model(batch)
             batch_predictions = logits[:, label_word_ids].argmax(-1)
             batch_predictions, labels = accelerator.gather_for_metrics((batch_predictions, batch["labels"]))
@@ -118,4 +124,5 @@ class ClassificationTask(Task):
 
     def evaluate(self, model, loader: DataLoader, accelerator) -> dict:
         predictions, references = self.predict(model, loader, accelerator)
-        return compute_metrics(self.cfg.metrics, predictions, references)
+        # num_examples: what was gathered over processes, which must be the split's size (no duplicates)
+        return {**compute_metrics(self.cfg.metrics, predictions, references), "num_examples": len(predictions)}

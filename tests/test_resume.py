@@ -1,0 +1,141 @@
+"""Checkpoint and resume: a run killed (SIGKILL) or pre-empted (SIGTERM) mid-training and resumed ends exactly
+where an uninterrupted run ends: same evaluations, losses and weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lopa.checkpointing import CHECKPOINTS_DIR, STATE_FILE, WEIGHTS_FILE, EpochShuffle, completed_checkpoints
+from lopa.records import WEIGHTS_FILE as BEST_WEIGHTS_FILE
+from tests.conftest import REPO, write_glue_fixture
+
+# Runs run.py in this process after wrapping the trainer's loss so that the process signals itself during the
+# n-th forward pass: a crash (SIGKILL) or a pre-emption (SIGTERM) at an exact, reproducible point of training.
+SELF_SIGNAL = """
+import os, runpy, signal, sys
+import lopa.trainer
+signum, at_call = getattr(signal, sys.argv[1]), int(sys.argv[2])
+original, calls = lopa.trainer.scored_loss, [0]
+def scored_loss(model, batch):
+    calls[0] += 1
+    if calls[0] == at_call:
+        os.kill(os.getpid(), signum)
+    return original(model, batch)
+lopa.trainer.scored_loss = scored_loss
+sys.argv = ["run.py", *sys.argv[3:]]
+runpy.run_path("run.py", run_name="__main__")
+"""
+
+# 12 training rows in batches of 4: 3 steps per epoch, 8 steps = 2 epochs and 2 steps; checkpoints every 2 steps.
+STEPS, EVERY = 8, 2
+
+
+def run_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["model=tiny-llama", "encoder=tiny-bert", "method=lopa", "method.prompt_length=4", f"data_dir={data}",
+            "logger=none", "device=cpu", f"trainer.max_steps={STEPS}", "trainer.batch_size=4",
+            f"trainer.checkpoint_every={EVERY}", "trainer.log_every=1", "eval.batch_size=8", f"hydra.run.dir={run_dir}",
+            *extra]
+
+
+def env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def start(args: list[str], signal_name: str | None = None, at_call: int = 0) -> subprocess.Popen:
+    command = [sys.executable, "run.py", *args]
+    if signal_name is not None:
+        command = [sys.executable, "-c", SELF_SIGNAL, signal_name, str(at_call), *args]
+    return subprocess.Popen(command, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+def record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    return [int(path.name.split("-")[1]) for path in completed_checkpoints(run_dir / CHECKPOINTS_DIR)]
+
+
+def test_killed_then_preempted_run_resumes_to_the_uninterrupted_result(tmp_path):
+    data = write_glue_fixture(tmp_path / "data", "rte", train_rows=12, eval_rows=7)
+    reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
+
+    # Crash: SIGKILL during step 5 (the 5th forward pass); the newest checkpoint is step 4, mid-epoch 1.
+    reference = start(run_args(data, reference_dir, "trainer.keep_checkpoints=10"))
+    killed = start(run_args(data, resumed_dir), "SIGKILL", at_call=5)
+    code, stderr = finish(killed)
+    assert code == -signal.SIGKILL, stderr
+    assert checkpoint_steps(resumed_dir) == [4]
+    assert not (resumed_dir / "results.json").exists()
+    assert not list((resumed_dir / CHECKPOINTS_DIR).glob(".tmp-*"))
+
+    # Pre-emption: the auto-resumed run gets SIGTERM during its 3rd step (step 7): it saves step 7 (not a multiple
+    # of checkpoint_every) and exits with 143 and a one-line note on how to resume.
+    preempted = start(run_args(data, resumed_dir), "SIGTERM", at_call=3)
+    code, stderr = finish(preempted)
+    assert code == 143, stderr
+    assert "interrupted by SIGTERM at step 7" in stderr and "Traceback" not in stderr
+    interrupted = record(resumed_dir)
+    assert interrupted["status"] == "interrupted" and interrupted["steps"] == 7
+    assert interrupted["resumed_from"].endswith("step-000004")
+    assert checkpoint_steps(resumed_dir) == [7]  # keep_checkpoints=1
+
+    code, stderr = finish(start(run_args(data, resumed_dir, "trainer.resume=true")))
+    assert code == 0, stderr
+    code, stderr = finish(reference)
+    assert code == 0, stderr
+
+    expected, resumed = record(reference_dir), record(resumed_dir)
+    assert resumed["status"] == "completed" and resumed["resumed_from"].endswith("step-000007")
+    assert resumed["steps"] == expected["steps"] == STEPS
+    assert resumed["train_losses"] == expected["train_losses"]
+    assert resumed["evaluations"] == expected["evaluations"]
+    assert [e["epoch"] for e in expected["evaluations"]] == [0, 1, 2]  # each epoch's end, and the last step
+    assert resumed["best"] == expected["best"]
+    assert checkpoint_steps(reference_dir) == [2, 4, 6, 8]
+    final = f"{CHECKPOINTS_DIR}/step-{STEPS:06d}/{WEIGHTS_FILE}"
+    for weights in (final, f"weights/{BEST_WEIGHTS_FILE}"):
+        saved, replayed = load_file(reference_dir / weights), load_file(resumed_dir / weights)
+        assert saved.keys() == replayed.keys()
+        for name in saved:
+            assert torch.equal(saved[name], replayed[name]), (weights, name)
+    state = json.loads((resumed_dir / final).parent.joinpath(STATE_FILE).read_text())
+    assert state["train_state"] == {"step": 8, "epoch": 2, "batch_in_epoch": 2, "running_loss": 0.0, "running_count": 0}
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 5])
+def test_epoch_shuffle_depends_on_seed_and_epoch_only(epoch):
+    first, second = EpochShuffle(10, seed=3), EpochShuffle(10, seed=3)
+    list(first)  # drawing an epoch leaves no state behind
+    first.set_epoch(epoch)
+    second.set_epoch(epoch)
+    assert list(first) == list(second) and sorted(first) == list(range(10))
+    other = EpochShuffle(10, seed=3)
+    other.set_epoch(epoch + 1)
+    assert list(other) != list(first)
+
+
+def test_resuming_with_another_config_names_the_differing_keys():
+    from lopa.checkpointing import config_mismatches
+
+    saved = {"method": {"name": "lopa", "rank": 4}, "seed": 1, "num_processes": 1,
+             "trainer": {"batch_size": 4, "max_steps": 8, "resume": "auto", "lr": 0.001}}
+    longer = {**saved, "trainer": {**saved["trainer"], "max_steps": 20, "resume": True}}
+    assert config_mismatches(saved, longer) == []  # training longer, or asking to resume, is fine
+    other = {**saved, "method": {"name": "lopa", "rank": 2}, "num_processes": 2,
+             "trainer": {**saved["trainer"], "batch_size": 2}}
+    assert config_mismatches(saved, other) == ["method.rank", "num_processes", "trainer.batch_size"]
