@@ -165,6 +165,8 @@ class TunedModel(nn.Module):
         if self.fm_kind == "seq2seq":
             logits = self.fm(**inputs, decoder_input_ids=self._decoder_input_ids(target_ids), use_cache=False).logits
             return logits[scored].float(), target_ids[scored]
+        if self.fm_kind == "causal":
+            inputs["use_cache"] = False  # a training/scoring pass never decodes on; don't build a KV cache
         hidden = self.fm.base_model(**inputs).last_hidden_state
         return self.head(hidden[scored]).float(), target_ids[scored]
 

@@ -38,7 +38,8 @@ SKIP_DIRS = {".hydra", ".submitit", "wandb", "weights", "__pycache__"}
 ADHOC = "adhoc"
 # Overrides that name a column of their own, or that never change what a run computes.
 COLUMN_KEYS = {"model", "task", "method", "method.prompt_length", "method.rank", "seed", "experiment"}
-IGNORED_KEYS = {"data_dir", "logger", "device", "trainer.num_workers", "eval.batch_size", "trainer.log_every"}
+IGNORED_KEYS = {"data_dir", "logger", "device", "trainer.num_workers", "eval.batch_size", "trainer.log_every",
+                "trainer.resume", "trainer.checkpoint_every", "trainer.keep_checkpoints"}
 METHOD_ORDER = list(METHOD_LABELS)
 TASK_ORDER = list(TASK_LABELS)
 FRACTION_METRICS = {"accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"}
