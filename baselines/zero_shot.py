@@ -7,3 +7,5 @@ from lopa.soft_prompt import Method
 @register_method("zero_shot")
 class ZeroShot(Method):
     """The base Method already freezes the FM and adds no prompt."""
+
+    trains = False

@@ -28,6 +28,46 @@ def check_group_choices(overrides: list[str], config_dir: Path) -> None:
                 sys.exit(2)
 
 
+def unknown_key(cfg, key: str) -> str | None:
+    """None if the dotted `key` exists in cfg, else the deepest existing prefix's known keys (for the message)."""
+    from omegaconf import DictConfig
+
+    node, path = cfg, []
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            return None  # list indices and the like: leave them to Hydra
+        known = list(node.keys())
+        if part not in known:
+            where = f"{'.'.join(path)} has" if path else "known top-level keys:"
+            return f"{where} {', '.join(map(str, known))}"
+        node, path = node._get_node(part), [*path, part]
+    return None
+
+
+def check_override_keys(overrides: list[str], config_dir: Path) -> None:
+    """Exit with one line if `key=value` names a key the config does not have (`method.rnak=2`); Hydra's own
+    error is several lines. Checked against the config composed from the chosen groups; sweeps that list several
+    choices of a group are left to Hydra (the key may exist for some of them only)."""
+    keyed = [o.partition("=")[0] for o in overrides if "=" in o and not o.startswith(("+", "~", "hydra.", "hydra/"))]
+    keys = [key for key in keyed if key not in CHECKED_GROUPS]
+    groups = [o for o in overrides if o.startswith("~") or o.partition("=")[0].lstrip("+") in CHECKED_GROUPS
+              or o.startswith("hydra/")]
+    if not keys or any("," in o.partition("=")[2] for o in groups):
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[o for o in groups if not o.startswith("hydra/")])
+    except Exception:  # noqa: BLE001 - Hydra reports composition problems itself
+        return
+    for key in keys:
+        known = unknown_key(cfg, key)
+        if known is not None:
+            print(f"error: unknown config key {key!r} ({known}; prefix it with + to add a new key)", file=sys.stderr)
+            sys.exit(2)
+
+
 def drop_null_groups(overrides: list[str]) -> list[str]:
     """`encoder=null` means "no encoder": Hydra wants `~encoder` for that and fails with a traceback otherwise."""
     rewritten = []
@@ -122,7 +162,9 @@ def relaunch_if_needed(argv: list[str]) -> None:
 
 
 def prepare_overrides(overrides: list[str], config_dir: Path) -> list[str]:
-    """What run.py does before Hydra: refuse unknown group choices in one line, turn `group=null` into `~group`,
-    and keep non-main processes from writing."""
+    """What run.py does before Hydra: refuse unknown group choices and keys in one line, turn `group=null` into
+    `~group`, and keep non-main processes from writing."""
     check_group_choices(overrides, config_dir)
-    return worker_overrides(drop_null_groups(overrides))
+    overrides = drop_null_groups(overrides)
+    check_override_keys(overrides, config_dir)
+    return worker_overrides(overrides)

@@ -57,7 +57,10 @@ def check_config(cfg: DictConfig) -> None:
     if missing:
         raise ConfigError(f"missing required config values: {', '.join(missing)} (set them on the command line)")
     check_choice("mode", cfg.mode, MODES)
-    if cfg.mode == "evaluate" and not cfg.checkpoint and cfg.method.name != "zero_shot":
+    trains = method_class(cfg.method.name).trains
+    if cfg.mode == "train" and not trains:
+        raise ConfigError(f"method={cfg.method.name} has nothing to train: run it with mode=evaluate")
+    if cfg.mode == "evaluate" and not cfg.checkpoint and trains:
         raise ConfigError(f"mode=evaluate with method={cfg.method.name} needs checkpoint=<directory of trained weights> "
                           "(or method=zero_shot for the untrained FM)")
     if cfg.checkpoint and not (Path(cfg.checkpoint).expanduser() / WEIGHTS_FILE).is_file():

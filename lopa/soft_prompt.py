@@ -41,6 +41,8 @@ class MethodContext:
 class Method(nn.Module):
     """Base class: freezes the FM and adds no prompt. Subclasses override what they change."""
 
+    trains = True  # False for methods with nothing to train: they only run with mode=evaluate
+
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__()
         self.cfg = cfg
