@@ -71,3 +71,9 @@ def test_unknown_choice_is_one_line_naming_the_known_ones(override, known):
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and known in lines[0] and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("method, scheduler", [("accept", "linear"), ("prompt_tuning", "constant_with_warmup")])
+def test_a_method_config_sets_the_default_schedule(method, scheduler):
+    assert compose_config(f"method={method}").trainer.scheduler == scheduler
+    assert compose_config(f"method={method}", "trainer.scheduler=constant").trainer.scheduler == "constant"
