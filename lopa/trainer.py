@@ -79,16 +79,17 @@ def train(
     The train loader should shuffle with an `EpochShuffle` sampler, so an interrupted epoch replays in the same order.
     """
     check_choice("trainer.scheduler", cfg.scheduler, SCHEDULERS)
-    steps = num_training_steps(cfg, len(train_loader))
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * steps)
     optimizer = torch.optim.AdamW(model.method.param_groups(cfg.lr, cfg.weight_decay))
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     if cfg.gradient_checkpointing:
         model.fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     sampler = train_loader.sampler
-    model, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, eval_loader, scheduler
-    )
+    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    # Counted on the prepared (per-process) loader: one optimiser step takes one batch on every process. Steps,
+    # warm-up and the schedule are all in optimiser steps, whatever the number of processes, so the scheduler is
+    # not handed to Accelerate (which would step it once per process) but stepped here once per optimiser step.
+    steps = num_training_steps(cfg, len(train_loader))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * steps)
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     outcome = TrainingOutcome()
     state = TrainState()
@@ -138,7 +139,8 @@ def train(
                     if accelerator.sync_gradients and cfg.max_grad_norm is not None:
                         accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients and not optimizer.step_was_skipped:  # fp16 overflow skips a step
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 state.batch_in_epoch += 1
                 state.running_loss += loss.detach().float().item()

@@ -3,6 +3,7 @@
 #   bash scripts/reproduce_offline.sh [data_dir]          (TASKS=glue/rte,glue/mrpc,glue/sst2 by default)
 # Sweeps of one experiment (offline_repro), cheapest coverage first: zero-shot; every method with seed 1;
 # then seeds 2 and 3 for PT, LoPA and LoRA. Tasks can be split over parallel invocations with TASKS=...
+# Records go to results/offline_repro/runs/ and the tables to results/offline_repro.{csv,md,tex} (+ figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${1:-../shared/data}
@@ -13,4 +14,9 @@ sweep() { $PY run.py -m experiment=offline_repro data_dir="$DATA_DIR" task="$TAS
 sweep method=zero_shot seed=1 mode=evaluate || true
 sweep method=prompt_tuning,lopa,lora,idpg,full_ft,accept,lowrank_prompt,dept,residual_prompt seed=1 || true
 sweep method=prompt_tuning,lopa,lora seed=2,3 || true
-$PY scripts/collect_results.py --runs multirun/offline_repro --experiment offline_repro --out results
+# Keep the records (not the weights or logs) in results/, so the tables can be rebuilt from what is committed.
+ARCHIVE=results/offline_repro/runs
+mkdir -p "$ARCHIVE"
+(cd multirun/offline_repro && find . \( -name results.json -o -name config.yaml -o -name overrides.yaml \
+  -o -name multirun.yaml \) -not -path "*/.hydra/config.yaml" -exec cp --parents {} "$OLDPWD/$ARCHIVE" \;)
+$PY scripts/collect_results.py --runs "$ARCHIVE" --experiment offline_repro --out results

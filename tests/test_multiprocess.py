@@ -28,8 +28,11 @@ def free_port() -> int:
 
 def common(data, run_dir) -> list[str]:
     # LoPA without dropout: with it, two processes draw other dropout masks than one and the runs cannot agree.
+    # One epoch (not max_steps) and a linear schedule with warm-up: the step count and the learning rate at each
+    # step must come out the same with two processes as with one.
     return ["model=tiny-llama", "encoder=tiny-bert", "method=lopa", "method.prompt_length=4", "method.dropout=0",
-            f"data_dir={data}", "logger=none", "device=cpu", "trainer.max_steps=6", "trainer.log_every=1",
+            f"data_dir={data}", "logger=none", "device=cpu", "trainer.epochs=1", "trainer.scheduler=linear",
+            "trainer.warmup_steps=2", "trainer.log_every=1",
             "trainer.eval_every=3", "trainer.checkpoint_every=3", "eval.batch_size=4", f"hydra.run.dir={run_dir}"]
 
 
@@ -51,6 +54,7 @@ def test_two_processes_match_one_and_only_the_main_one_writes(tmp_path):
 
     expected, record = (json.loads((d / "results.json").read_text()) for d in (one, two))
     assert record["num_processes"] == 2 and expected["num_processes"] == 1
+    assert record["steps"] == expected["steps"] == 6  # 24 rows, 4 per optimiser step
     assert [e["num_examples"] for e in record["evaluations"]] == [EVAL_ROWS, EVAL_ROWS]  # gathered without duplicates
     for got, want in zip(record["evaluations"], expected["evaluations"], strict=True):
         assert got["step"] == want["step"] and got["accuracy"] == pytest.approx(want["accuracy"])
