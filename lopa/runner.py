@@ -221,6 +221,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             steps=outcome.steps,
             evaluations=outcome.evaluations,
             best=outcome.best,
+            best_is="the best evaluation" if task.selects_best_evaluation else "the last evaluation (test split)",
             final=outcome.evaluations[-1] if outcome.evaluations else None,
             train_losses=outcome.train_losses,
             weights=str(weights_dir) if cfg.trainer.save_weights else None,

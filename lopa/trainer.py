@@ -29,7 +29,7 @@ SCHEDULERS = ("constant_with_warmup", "linear", "constant")
 @dataclass
 class TrainingOutcome:
     evaluations: list[dict] = field(default_factory=list)  # {"step", "epoch", metrics...} per evaluation
-    best: dict | None = None  # the evaluation with the best primary metric
+    best: dict | None = None  # the evaluation with the best primary metric (the last one on a test split)
     steps: int = 0
     train_losses: list[dict] = field(default_factory=list)  # {"step", "loss"} every log_every steps
     resumed_from: str | None = None  # the checkpoint this run continued from
@@ -74,6 +74,9 @@ def train(
 ) -> TrainingOutcome:
     """Train `model` with AdamW and evaluate it every `eval_every` steps (or each epoch), tracking the best.
 
+    When the task evaluates on its test split, nothing is selected: without `eval_every` it evaluates once, after
+    training, and the best evaluation is the last one (intermediate ones, if asked for, are only a learning curve).
+
     With a `checkpointer`, checkpoints are saved every `cfg.checkpoint_every` steps and when SIGTERM arrives (then
     training stops early with `interrupted` set); `resume_from` continues from a checkpoint exactly where it was.
     The train loader should shuffle with an `EpochShuffle` sampler, so an interrupted epoch replays in the same order.
@@ -100,6 +103,7 @@ def train(
                  state.batch_in_epoch)
     outcome.steps = state.step
     metric = task.primary_metric
+    select_best = task.selects_best_evaluation
     batches_per_epoch = len(train_loader)
 
     def evaluate(epoch: int) -> None:
@@ -109,7 +113,7 @@ def train(
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
         log.info("step %d: %s", state.step, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                                      for k, v in metrics.items()))
-        if outcome.best is None or metrics[metric] > outcome.best[metric]:
+        if outcome.best is None or not select_best or metrics[metric] > outcome.best[metric]:
             outcome.best = record
             if on_best is not None:
                 on_best(record)
@@ -157,7 +161,8 @@ def train(
                     progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
                     state.running_loss, state.running_count = 0.0, 0
                 end_of_epoch = state.batch_in_epoch >= batches_per_epoch
-                if (cfg.eval_every and state.step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch):
+                if (cfg.eval_every and state.step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch
+                                                                             and select_best):
                     evaluate(state.epoch)
                 if end_of_epoch:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0

@@ -20,6 +20,7 @@ import statistics
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -67,6 +68,7 @@ class Run:
     trainable: int | None = None
     run_name: str | None = None
     error: str | None = None
+    started: float = 0.0  # when the run started (its record), else its directory's mtime: orders reruns
 
 
 def as_percent(metric: str, value: float) -> float:
@@ -104,6 +106,13 @@ def select(config: dict, dotted: str):
     return None if isinstance(node, str) and "${" in node else node
 
 
+def start_time(run_dir: Path, record: dict | None) -> float:
+    try:
+        return datetime.fromisoformat(record["started_at"]).timestamp()
+    except (TypeError, KeyError, ValueError):
+        return run_dir.stat().st_mtime if run_dir.exists() else 0.0
+
+
 def load_run(run_dir: Path, score: str = "best") -> Run:
     record_path = run_dir / RESULTS_FILE
     record = json.loads(record_path.read_text()) if record_path.is_file() else None
@@ -122,6 +131,7 @@ def load_run(run_dir: Path, score: str = "best") -> Run:
         overrides=dict(override_key(o) for o in overrides),
         run_name=(record or {}).get("run_name") or select(config, "run_name"),
         error=(record or {}).get("error"),
+        started=start_time(run_dir, record),
     )
     if run.status == "completed":
         run.metric = record["primary_metric"]
@@ -194,8 +204,31 @@ def missing_jobs(sweep_dir: Path, runs: list[Run]) -> list[Run]:
             task=select(config, "task.name") or values.get("task"),
             method=select(config, "method.name") or values.get("method"),
             seed=select(config, "seed"), prompt_length=select(config, "method.prompt_length"),
-            rank=select(config, "method.rank"), overrides=values, error="never started: " + " ".join(job)))
+            rank=select(config, "method.rank"), overrides=values, error="never started: " + " ".join(job),
+            started=start_time(sweep_dir, None)))
     return missing
+
+
+def setting_and_seed(run: Run) -> tuple:
+    settings = {key: value for key, value in run.overrides.items()
+                if key not in COLUMN_KEYS | IGNORED_KEYS and not key.startswith("hydra")}
+    return (run.experiment, run.model, run.task, run.method, run.prompt_length, run.rank, run.seed,
+            tuple(sorted(settings.items())))
+
+
+def current_runs(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """(runs that count, runs superseded by a rerun). A relaunched sweep leaves several runs of one setting and
+    seed: the newest completed one counts, else the newest attempt; the others are neither averaged nor listed
+    as failures."""
+    attempts: dict[tuple, list[Run]] = defaultdict(list)
+    for run in runs:
+        attempts[setting_and_seed(run)].append(run)
+    kept, superseded = [], []
+    for group in attempts.values():
+        group.sort(key=lambda run: (run.status == "completed" and run.score is not None, run.started))
+        kept.append(group[-1])
+        superseded += group[:-1]
+    return kept, superseded
 
 
 def short_task(task: str | None) -> str | None:
@@ -254,7 +287,7 @@ def aggregate(runs: list[Run], paper: PaperNumbers) -> pd.DataFrame:
             "n_seeds": len(scores),
             "seeds": " ".join(str(run.seed) for run in done),
             "n_failed": sum(run.status == "failed" for run in members),
-            "n_missing": sum(run.status not in ("completed", "failed") for run in members),
+            "n_missing": len(members) - len(done) - sum(run.status == "failed" for run in members),  # incl. no score
             "trainable_params": params[-1] if params else None,  # one value unless seeds disagree
             "paper": reported,
             "diff": mean - reported if reported is not None and scores else math.nan,
@@ -346,12 +379,15 @@ def problems(runs: list[Run]) -> list[str]:
             lines.append(f"no record (running, killed or timed out): {what} [{run.run_dir}]")
         elif run.status == "missing":
             lines.append(f"not run: {what} [sweep {run.run_dir}]")
+        elif run.status == "completed":
+            lines.append(f"completed without a score for its primary metric: {what} [{run.run_dir}]")
         else:
             lines.append(f"{run.status}: {what} [{run.run_dir}]")
     return lines
 
 
-def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, score: str = "best") -> str:
+def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, score: str = "best",
+             superseded: list[Run] = ()) -> str:
     metric = ", ".join(sorted(frame["metric"].dropna().unique())) or "no completed run"
     out = [f"# {name}", "",
            f"Primary metric ({metric}), percent: mean ± std over seeds of each run's {score} evaluation; "
@@ -361,8 +397,11 @@ def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, scor
         out += [f"## {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(row) + " |" for row in rows]
         out.append("")
-    lines = problems([run for run in runs if run.status != "completed"])
+    lines = problems([run for run in runs if run.status != "completed" or run.score is None])
     out += ["## Failed or missing runs", ""] + ([f"- {line}" for line in lines] or ["none"]) + [""]
+    if superseded:
+        out += [f"{len(superseded)} earlier attempt(s) superseded by a rerun of the same setting and seed (not "
+                f"counted): {', '.join(sorted(str(run.run_dir) for run in superseded))}", ""]
     return "\n".join(out)
 
 
@@ -381,7 +420,7 @@ def latex(name: str, frame: pd.DataFrame, runs: list[Run], command: str) -> str:
         out += [" & ".join(tex_escape(cell).replace("±", r"$\pm$").replace("–", "--") for cell in row) + r" \\"
                 for row in rows]
         out += [r"\bottomrule", r"\end{tabular}", ""]
-    lines = problems([run for run in runs if run.status != "completed"])
+    lines = problems([run for run in runs if run.status != "completed" or run.score is None])
     out += ["% Failed or missing runs:"] + [f"%   {line}" for line in lines or ["none"]]
     return "\n".join(out) + "\n"
 
@@ -397,6 +436,7 @@ def collect(roots: list[Path], out_dir: Path, experiment: str | None = None, sco
     runs = [load_run(run_dir, score) for run_dir in run_dirs]
     for sweep_dir in sweep_dirs:
         runs += missing_jobs(sweep_dir, runs)
+    runs, superseded = current_runs(runs)
     by_experiment: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_experiment[run.experiment].append(run)
@@ -410,12 +450,13 @@ def collect(roots: list[Path], out_dir: Path, experiment: str | None = None, sco
             continue
         frame = aggregate(members, paper)
         atomic_write(out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
-        write_text(out_dir / f"{name}.md", markdown(name, frame, members, command, score))
+        write_text(out_dir / f"{name}.md", markdown(name, frame, members, command, score,
+                                                    [run for run in superseded if run.experiment == name]))
         write_text(out_dir / f"{name}.tex", latex(name, frame, members, command))
         written = [f"{name}.{ext}" for ext in ("csv", "md", "tex")]
         if figures:
             written += [path.name for path in plot_experiment(frame, out_dir, name)]
-        failed = sum(run.status != "completed" for run in members)
+        failed = sum(run.status != "completed" or run.score is None for run in members)
         print(f"{name}: {len(frame)} rows from {len(members)} runs ({failed} failed or missing) -> "
               f"{out_dir}/{{{', '.join(written)}}}")
         tables[name] = frame

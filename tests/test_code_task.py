@@ -37,6 +37,16 @@ def test_splits_follow_the_paper():
     assert {r["task_id"] for r in mbpp.load("eval")} == set(range(488, 975))
 
 
+def test_the_instance_encoder_reads_the_instance_not_the_shared_preamble():
+    _, mbpp, _ = build(SHARED_DATA, "model=tiny-llama", "method=prompt_tuning", "task=code/mbpp")
+    row = mbpp.load("train")[0]
+    assert mbpp.text(row) == mbpp.format.prompt(row)  # MBPP's prompt is all instance
+    _, crux, _ = build(SHARED_DATA, "model=tiny-llama", "method=prompt_tuning", "task=code/cruxeval_o")
+    row = crux.load("train")[0]
+    assert row["code"] in crux.text(row) and row["code"] in crux.format.prompt(row)
+    assert len(crux.text(row)) < len(crux.format.prompt(row))  # without the two in-context examples
+
+
 def test_references_score_full_marks_through_the_task(tmp_path):
     _, task, _ = build(SHARED_DATA, "model=tiny-llama", "method=prompt_tuning", "task=code/mbpp")
     rows = task.load("eval", limit=6)

@@ -77,3 +77,9 @@ def test_unknown_choice_is_one_line_naming_the_known_ones(override, known):
 def test_a_method_config_sets_the_default_schedule(method, scheduler):
     assert compose_config(f"method={method}").trainer.scheduler == scheduler
     assert compose_config(f"method={method}", "trainer.scheduler=constant").trainer.scheduler == "constant"
+
+
+def test_code_table_warm_up_is_the_papers_except_full_ft():
+    assert compose_config("experiment=code_table", "method=lora").trainer.warmup_steps == 500
+    full_ft = compose_config("experiment=code_table", "method=full_ft").trainer
+    assert full_ft.warmup_steps is None and full_ft.warmup_ratio == 0.1

@@ -244,14 +244,17 @@ def test_notebook_runs_on_the_committed_results():
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def write_record(run_dir: Path, method: str, task: str, seed: int, accuracy: float, trainable: int) -> None:
+def write_record(run_dir: Path, method: str, task: str, seed: int, accuracy: float | None, trainable: int,
+                 status: str = "completed", started_at: str = "2026-01-01T00:00:00+00:00") -> None:
     run_dir.mkdir(parents=True)
     config = {"experiment_name": "glue_table", "seed": seed, "model": {"name": "roberta-large"},
               "task": {"name": task}, "method": {"name": method, "prompt_length": 10, "rank": 4}}
+    scores = {} if accuracy is None else {"best": {"step": 1, "accuracy": accuracy},
+                                          "final": {"step": 2, "accuracy": accuracy - 0.1}}
     (run_dir / "results.json").write_text(json.dumps({
-        "status": "completed", "run_name": f"{method}-{task}-s{seed}", "method": method, "task": task,
+        "status": status, "run_name": f"{method}-{task}-s{seed}", "method": method, "task": task, "started_at": started_at,
         "model": "roberta-large", "seed": seed, "primary_metric": "accuracy", "parameters": {"trainable": trainable},
-        "best": {"step": 1, "accuracy": accuracy}, "final": {"step": 2, "accuracy": accuracy - 0.1}, "config": config}))
+        "error": "boom" if status == "failed" else None, "config": config, **scores}))
 
 
 def test_collect_averages_seeds_and_sets_the_papers_number_beside_ours(tmp_path):
@@ -265,6 +268,22 @@ def test_collect_averages_seeds_and_sets_the_papers_number_beside_ours(tmp_path)
     assert "| LoPA | 1.60M | 3 | 85.00 ± 5.00 / 83.39 |" in (tmp_path / "results" / "glue_table.md").read_text()
     final = collect_results.collect([tmp_path / "runs"], tmp_path / "final", score="final", figures=False)
     assert final["glue_table"].iloc[0]["mean"] == pytest.approx(75.0)
+
+
+def test_collect_counts_the_newest_completed_run_of_a_rerun_seed_once(tmp_path):
+    runs = tmp_path / "runs"
+    write_record(runs / "a" / "s1", "lopa", "rte", 1, 0.50, 1_600_000, started_at="2026-01-01T00:00:00+00:00")
+    write_record(runs / "b" / "s1", "lopa", "rte", 1, 0.70, 1_600_000, started_at="2026-01-02T00:00:00+00:00")
+    write_record(runs / "a" / "s2", "lopa", "rte", 2, None, 1_600_000, status="failed")  # then rerun, completed:
+    write_record(runs / "b" / "s2", "lopa", "rte", 2, 0.90, 1_600_000, started_at="2026-01-02T00:00:00+00:00")
+    write_record(runs / "c" / "s2", "lopa", "rte", 2, None, 1_600_000, status="failed",  # a later failed retry
+                 started_at="2026-01-03T00:00:00+00:00")
+    write_record(runs / "a" / "s3", "lopa", "rte", 3, None, 1_600_000)  # completed, but no score recorded
+    row = collect_results.collect([runs], tmp_path / "results", figures=False)["glue_table"].iloc[0]
+    assert (row.n_seeds, row["mean"], row.seeds, row.n_failed, row.n_missing) == (2, pytest.approx(80.0), "1 2", 0, 1)
+    table = (tmp_path / "results" / "glue_table.md").read_text()
+    assert "3 earlier attempt(s) superseded" in table and "80.00 ± 14.14* / 83.39" in table
+    assert "completed without a score for its primary metric: method=lopa task=rte model=roberta-large seed=3" in table
 
 
 def test_plots_cover_the_swept_settings(tmp_path):

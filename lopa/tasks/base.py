@@ -42,6 +42,12 @@ class Task(ABC):
             raise ConfigError(f"task {self.name!r} has no split {split_key!r} (known: {', '.join(self.cfg.splits)})")
         return self.cfg.splits[split_key]
 
+    @property
+    def selects_best_evaluation(self) -> bool:
+        """Picking the best of several evaluations is model selection: fair on a development split, not on test
+        (there a run evaluates once, at the end, and reports that)."""
+        return self.split_name("eval") != "test"
+
     def load(self, split_key: str, limit: int | None = None) -> list[dict]:
         """Raw rows of a split (`train`, `eval`, ...), optionally only the first `limit`."""
         rows = load_rows(self.cfg.source, self.split_name(split_key), self.data_dir)

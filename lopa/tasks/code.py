@@ -61,7 +61,7 @@ FORMATS = {
         prompt=cp.mbpp_prompt,
         answer=cp.mbpp_reference_completion,
         check_program=cp.mbpp_check_program,
-        instance_text=lambda row: row["text"] + "\n" + "\n".join(row["test_list"]),
+        instance_text=cp.mbpp_prompt,  # the FM's own text (no shared few-shot part to leave out, unlike CruxEval)
         split=cp.mbpp_split,
         row_id="task_id",
     ),
