@@ -69,6 +69,9 @@ class Run:
     run_name: str | None = None
     error: str | None = None
     started: float = 0.0  # when the run started (its record), else its directory's mtime: orders reruns
+    steps: int | None = None
+    wall_time_s: float | None = None
+    machine: str | None = None
 
 
 def as_percent(metric: str, value: float) -> float:
@@ -139,6 +142,11 @@ def load_run(run_dir: Path, score: str = "best") -> Run:
         if run.metric in evaluation:
             run.score = as_percent(run.metric, float(evaluation[run.metric]))
         run.trainable = (record.get("parameters") or {}).get("trainable")
+        run.steps, run.wall_time_s = record.get("steps"), record.get("wall_time_s")
+        machine = record.get("machine") or {}
+        if machine:
+            device = machine.get("cuda") or f"{machine.get('cpu_count')} CPU cores"
+            run.machine = f"{machine.get('hostname')} ({device}, torch {machine.get('torch')})"
     return run
 
 
@@ -386,6 +394,19 @@ def problems(runs: list[Run]) -> list[str]:
     return lines
 
 
+def cost_summary(runs: list[Run]) -> list[str]:
+    """What the completed runs cost, from their records: steps, wall time, machines."""
+    timed = [run for run in runs if run.status == "completed" and run.wall_time_s is not None]
+    if not timed:
+        return []
+    steps = sorted({run.steps for run in timed if run.steps is not None})
+    minutes = [run.wall_time_s / 60 for run in timed]
+    machines = sorted({run.machine for run in timed if run.machine})
+    return [f"Completed runs: {len(timed)}; optimiser steps per run: {', '.join(map(str, steps)) or '–'} (0 = evaluation "
+            f"only); wall time {sum(minutes):.1f} min in all, median {statistics.median(minutes):.1f} min per run, "
+            f"longest {max(minutes):.1f} min; on {'; '.join(machines) or 'unrecorded machines'}.", ""]
+
+
 def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, score: str = "best",
              superseded: list[Run] = ()) -> str:
     metric = ", ".join(sorted(frame["metric"].dropna().unique())) or "no completed run"
@@ -393,6 +414,7 @@ def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, scor
            f"Primary metric ({metric}), percent: mean ± std over seeds of each run's {score} evaluation; "
            "`ours / paper` where the paper reports the cell (METHODS.md §7); * = some seeds failed or missing.", "",
            f"Made by `{command}` from {sum(run.status != 'missing' for run in runs)} run directories.", ""]
+    out += cost_summary(runs)
     for model, header, rows, _ in wide_tables(frame):
         out += [f"## {model}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(row) + " |" for row in rows]

@@ -254,7 +254,8 @@ def write_record(run_dir: Path, method: str, task: str, seed: int, accuracy: flo
     (run_dir / "results.json").write_text(json.dumps({
         "status": status, "run_name": f"{method}-{task}-s{seed}", "method": method, "task": task, "started_at": started_at,
         "model": "roberta-large", "seed": seed, "primary_metric": "accuracy", "parameters": {"trainable": trainable},
-        "error": "boom" if status == "failed" else None, "config": config, **scores}))
+        "error": "boom" if status == "failed" else None, "config": config, "steps": 7, "wall_time_s": 30.0,
+        "machine": {"hostname": "vm", "cpu_count": 2, "torch": "2.13.0", "cuda": None}, **scores}))
 
 
 def test_collect_averages_seeds_and_sets_the_papers_number_beside_ours(tmp_path):
@@ -283,6 +284,7 @@ def test_collect_counts_the_newest_completed_run_of_a_rerun_seed_once(tmp_path):
     assert (row.n_seeds, row["mean"], row.seeds, row.n_failed, row.n_missing) == (2, pytest.approx(80.0), "1 2", 0, 1)
     table = (tmp_path / "results" / "glue_table.md").read_text()
     assert "3 earlier attempt(s) superseded" in table and "80.00 ± 14.14* / 83.39" in table
+    assert "Completed runs: 3; optimiser steps per run: 7" in table and "wall time 1.5 min in all" in table
     assert "completed without a score for its primary metric: method=lopa task=rte model=roberta-large seed=3" in table
 
 
