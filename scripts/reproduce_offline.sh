@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA_DIR=${1:-../shared/data}
 export HF_HUB_OFFLINE=1
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # spinning OpenMP threads slow steps several-fold when other work shares the cores
 PY=${PYTHON:-.venv/bin/python}
 TASKS=${TASKS:-glue/rte,glue/mrpc,glue/sst2}
 sweep() { $PY run.py -m experiment=offline_repro data_dir="$DATA_DIR" task="$TASKS" "$@"; }

@@ -61,7 +61,7 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "unknown task": (["task=glue/rtee"], "unknown task 'glue/rtee' (known: ", []),
         "unknown model": (["model=gpt5"], "unknown model 'gpt5' (known: ", []),
         "unknown config key": ([d, "method=lopa", "method.rnak=2"], "unknown config key 'method.rnak' (method has name, prompt_length, rank,", []),
-        "training what cannot train": ([d, "method=zero_shot"], "method=zero_shot has nothing to train: run it with mode=evaluate", []),
+        "training what cannot train": ([d, "method=zero_shot", "mode=train"], "method=zero_shot has nothing to train: run it with mode=evaluate", []),
         "prompt length 0": ([d, "method.prompt_length=0"], "method.prompt_length", []),
         "lopa prompt length negative": ([d, "method=lopa", "method.prompt_length=-2"], "method.prompt_length=-2", []),
         "rank 0": ([d, "method=lopa", "method.rank=0"], "method.rank=0", []),
