@@ -51,6 +51,17 @@ def test_truncation_never_cuts_the_mask(glue_data):
     assert task.tokenizer.mask_token_id in example["input_ids"]
 
 
+@pytest.mark.parametrize("model", ["tiny-roberta", "tiny-llama"])
+def test_two_long_fields_are_both_cut_to_fit(glue_data, model):
+    model, task, _ = build(glue_data, f"model={model}", "method=prompt_tuning", "task.max_length=60")
+    row = {"sentence1": "alpha beta gamma " * 20, "sentence2": "delta epsilon " * 25, "label": 1, "idx": 0}
+    ids = task.encode(row, 0, "train")["input_ids"]
+    budget = 60 - model.num_virtual_tokens
+    assert budget - 3 <= len(ids) <= budget  # cut to fit, not far below it
+    text = task.tokenizer.decode(ids)
+    assert "alpha" in text and "delta" in text  # both fields kept a part: neither was cut away to make room
+
+
 def test_label_outside_the_label_words_is_a_clear_error(glue_data):
     _, task, _ = build(glue_data, "model=tiny-llama", "method=prompt_tuning")
     with pytest.raises(ConfigError, match="label 5"):

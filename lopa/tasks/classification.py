@@ -60,19 +60,29 @@ class ClassificationTask(Task):
         return self.template.format(**fields).replace(MASK, self.tokenizer.mask_token or MASK)
 
     def _tokenize_within_budget(self, row: dict) -> list[int]:
-        """Ids of the rendered template; the longest field loses tail tokens until it fits (the mask is never cut)."""
+        """Ids of the rendered template, the fields' tails cut longest-first until it fits (the mask is never cut).
+
+        The longest field is cut, but not below the next longest, so several long fields end up about equally long
+        (as `truncation="longest_first"` would leave them); one token more than the overflow goes each time because
+        decoding and re-encoding a cut text can merge tokens at the cut.
+        """
         fields = {name: str(row[name]) for name in self.fields}
         budget = self.text_budget()
-        for _ in range(8):
+        for _ in range(4 * len(fields) + 4):
             ids = self.tokenizer(self._render(row, fields)).input_ids
             overflow = len(ids) - budget
             if overflow <= 0:
                 return ids
-            longest = max(fields, key=lambda name: len(fields[name]))
-            field_ids = self.tokenizer.encode(fields[longest], add_special_tokens=False)
-            if len(field_ids) <= overflow:
-                break
-            fields[longest] = self.tokenizer.decode(field_ids[: len(field_ids) - overflow - 1])
+            pieces = {name: self.tokenizer.encode(text, add_special_tokens=False) for name, text in fields.items()}
+            longest = max(pieces, key=lambda name: len(pieces[name]))
+            next_longest = max((len(p) for name, p in pieces.items() if name != longest), default=0)
+            length = len(pieces[longest])
+            cut = overflow + 1
+            if length - cut < next_longest:  # share the cut with the other long field(s) over the next rounds
+                cut = max(length - next_longest, (cut + 1) // 2)
+            if length - cut < 1:
+                break  # the template alone (or with one token a field) does not fit
+            fields[longest] = self.tokenizer.decode(pieces[longest][: length - cut])
         raise ConfigError(f"task {self.name!r}: cannot fit the template of example {row} into {budget} tokens")
 
     def encode(self, row: dict, index: int, split_key: str) -> dict:
