@@ -270,8 +270,11 @@ def paper_value(paper: PaperNumbers, model, method, task, prompt_length, rank) -
     return None
 
 
-def aggregate(runs: list[Run], paper: PaperNumbers) -> pd.DataFrame:
-    """One row per (model, task, method, m, r, varying overrides): mean ± std of the primary metric over seeds."""
+def aggregate(runs: list[Run], paper: PaperNumbers, paper_model: str | None = None) -> pd.DataFrame:
+    """One row per (model, task, method, m, r, varying overrides): mean ± std of the primary metric over seeds.
+
+    `paper` holds the paper's number for the cell's own model, or for `paper_model` when given (a reference from
+    another FM, for runs on a model the paper never used)."""
     extras = varying_keys([run for run in runs if run.status != "missing"])
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
@@ -285,7 +288,7 @@ def aggregate(runs: list[Run], paper: PaperNumbers) -> pd.DataFrame:
         scores = [run.score for run in done]
         params = sorted({run.trainable for run in done if run.trainable is not None})
         model, task, method, prompt_length, rank = key[1:6]
-        reported = paper_value(paper, model, method, task, prompt_length, rank)
+        reported = paper_value(paper, paper_model or model, method, task, prompt_length, rank)
         mean = statistics.fmean(scores) if scores else math.nan
         rows.append({
             **dict(zip(CSV_COLUMNS + extras, key)),
@@ -408,11 +411,13 @@ def cost_summary(runs: list[Run]) -> list[str]:
 
 
 def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, score: str = "best",
-             superseded: list[Run] = ()) -> str:
+             superseded: list[Run] = (), paper_model: str | None = None) -> str:
     metric = ", ".join(sorted(frame["metric"].dropna().unique())) or "no completed run"
     out = [f"# {name}", "",
            f"Primary metric ({metric}), percent: mean ± std over seeds of each run's {score} evaluation; "
            "`ours / paper` where the paper reports the cell (METHODS.md §7); * = some seeds failed or missing.", "",
+           *([f"The paper column is the paper's number for **{paper_model}** with the same method, task, m and r: a "
+              "reference from another FM, not a number these runs should match.", ""] if paper_model else []),
            f"Made by `{command}` from {sum(run.status != 'missing' for run in runs)} run directories.", ""]
     out += cost_summary(runs)
     for model, header, rows, _ in wide_tables(frame):
@@ -452,7 +457,8 @@ def write_text(path: Path, text: str) -> None:
 
 
 def collect(roots: list[Path], out_dir: Path, experiment: str | None = None, score: str = "best",
-            paper_path: Path = PAPER_NUMBERS, figures: bool = True, command: str = "scripts/collect_results.py") -> dict[str, pd.DataFrame]:
+            paper_path: Path = PAPER_NUMBERS, figures: bool = True, command: str = "scripts/collect_results.py",
+            paper_model: str | None = None) -> dict[str, pd.DataFrame]:
     """Write the tables (and figures) of every experiment found under `roots`; returns the rows per experiment."""
     run_dirs, sweep_dirs = find_run_dirs([root for root in roots if root.exists()])
     runs = [load_run(run_dir, score) for run_dir in run_dirs]
@@ -470,10 +476,10 @@ def collect(roots: list[Path], out_dir: Path, experiment: str | None = None, sco
         if not members:
             print(f"no runs of experiment {name!r} under {', '.join(map(str, roots))}", file=sys.stderr)
             continue
-        frame = aggregate(members, paper)
+        frame = aggregate(members, paper, paper_model)
         atomic_write(out_dir / f"{name}.csv", lambda tmp, frame=frame: frame.to_csv(tmp, index=False))
         write_text(out_dir / f"{name}.md", markdown(name, frame, members, command, score,
-                                                    [run for run in superseded if run.experiment == name]))
+                                                    [run for run in superseded if run.experiment == name], paper_model))
         write_text(out_dir / f"{name}.tex", latex(name, frame, members, command))
         written = [f"{name}.{ext}" for ext in ("csv", "md", "tex")]
         if figures:
@@ -494,10 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score", choices=("best", "final"), default="best",
                         help="which evaluation of each run: the best one (the paper's best dev epoch) or the last")
     parser.add_argument("--paper", type=Path, default=PAPER_NUMBERS, help="the paper's numbers (CSV)")
+    parser.add_argument("--paper-model", help="set the paper's numbers for this model beside every row (a reference "
+                        "for runs on an FM the paper did not use, e.g. roberta-large for the offline SmolLM2 runs)")
     parser.add_argument("--no-figures", action="store_true", help="tables only")
     args = parser.parse_args(argv)
     command = "python scripts/collect_results.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    tables = collect(args.runs, args.out, args.experiment, args.score, args.paper, not args.no_figures, command.strip())
+    tables = collect(args.runs, args.out, args.experiment, args.score, args.paper, not args.no_figures, command.strip(),
+                     args.paper_model)
     if not tables:
         print(f"no run records found under {', '.join(map(str, args.runs))}", file=sys.stderr)
         return 1

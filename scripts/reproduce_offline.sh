@@ -24,4 +24,4 @@ ARCHIVE=results/offline_repro/runs
 mkdir -p "$ARCHIVE"
 (cd multirun/offline_repro && find . \( -name results.json -o -name config.yaml -o -name overrides.yaml \
   -o -name multirun.yaml \) -not -path "*/.hydra/config.yaml" -exec cp --parents {} "$OLDPWD/$ARCHIVE" \;)
-$PY scripts/collect_results.py --runs "$ARCHIVE" --experiment offline_repro --out results
+$PY scripts/collect_results.py --runs "$ARCHIVE" --experiment offline_repro --out results --paper-model roberta-large

@@ -270,6 +270,14 @@ def test_collect_averages_seeds_and_sets_the_papers_number_beside_ours(tmp_path)
     assert "| LoPA | 1.60M | 3 | 85.00 ± 5.00 / 83.39 |" in (tmp_path / "results" / "glue_table.md").read_text()
     final = collect_results.collect([tmp_path / "runs"], tmp_path / "final", score="final", figures=False)
     assert final["glue_table"].iloc[0]["mean"] == pytest.approx(75.0)
+    for path in (tmp_path / "runs").rglob("results.json"):  # the same runs on a model the paper never used
+        path.write_text(path.read_text().replace("roberta-large", "smollm2-135m"))
+    alone = collect_results.collect([tmp_path / "runs"], tmp_path / "alone", figures=False)["glue_table"].iloc[0]
+    assert pd.isna(alone["paper"])
+    beside = collect_results.collect([tmp_path / "runs"], tmp_path / "beside", figures=False,
+                                     paper_model="roberta-large")["glue_table"].iloc[0]
+    assert beside["paper"] == 83.39
+    assert "paper's number for **roberta-large**" in (tmp_path / "beside" / "glue_table.md").read_text()
 
 
 def test_collect_counts_the_newest_completed_run_of_a_rerun_seed_once(tmp_path):
