@@ -43,7 +43,7 @@ def series_keys(frame: pd.DataFrame, x: str | None) -> list[str]:
 def series_label(values: dict) -> str:
     parts = [METHOD_LABELS.get(values["method"], str(values["method"]))]
     for key, value in values.items():
-        if key == "method" or value is None or (isinstance(value, float) and math.isnan(value)):
+        if key == "method" or value is None or (not isinstance(value, str) and pd.isna(value)):  # NaN, pd.NA (Int64)
             continue
         short = {"prompt_length": "m", "rank": "r", "model": ""}.get(key, key)
         value = int(value) if isinstance(value, float) and value.is_integer() else value

@@ -342,3 +342,11 @@ def test_paper_numbers_are_exactly_those_of_methods_md():
     lopa_paper = paper[paper.table != "accept_anchor"]
     assert {(r.model, r.method, r.task): r.value for r in lopa_paper.itertuples()} == expected
     assert not paper.duplicated(["model", "method", "task"]).any()
+
+
+def test_series_labels_leave_out_unset_settings():
+    plot_results = importlib.import_module("plot_results")
+    frame = pd.DataFrame({"method": ["lora", "lopa"], "prompt_length": [None, 10], "rank": [None, 4]})
+    frame = frame.astype({"prompt_length": "Int64", "rank": "Int64"})  # as the collector's CSV columns are
+    labels = [plot_results.series_label(row) for row in frame.to_dict("records")]
+    assert labels == ["LoRA", "LoPA m=10 r=4"]
