@@ -72,6 +72,7 @@ class Run:
     steps: int | None = None
     wall_time_s: float | None = None
     machine: str | None = None
+    commit: str | None = None  # git commit of the code that made the run
 
 
 def as_percent(metric: str, value: float) -> float:
@@ -143,6 +144,8 @@ def load_run(run_dir: Path, score: str = "best") -> Run:
             run.score = as_percent(run.metric, float(evaluation[run.metric]))
         run.trainable = (record.get("parameters") or {}).get("trainable")
         run.steps, run.wall_time_s = record.get("steps"), record.get("wall_time_s")
+        commit = record.get("git_commit") or ""
+        run.commit = (commit[:7] + ("-dirty" if commit.endswith("-dirty") else "")) or None
         machine = record.get("machine") or {}
         if machine:
             device = machine.get("cuda") or f"{machine.get('cpu_count')} CPU cores"
@@ -405,9 +408,11 @@ def cost_summary(runs: list[Run]) -> list[str]:
     steps = sorted({run.steps for run in timed if run.steps is not None})
     minutes = [run.wall_time_s / 60 for run in timed]
     machines = sorted({run.machine for run in timed if run.machine})
+    commits = sorted({run.commit for run in timed if run.commit})
     return [f"Completed runs: {len(timed)}; optimiser steps per run: {', '.join(map(str, steps)) or '–'} (0 = evaluation "
             f"only); wall time {sum(minutes):.1f} min in all, median {statistics.median(minutes):.1f} min per run, "
-            f"longest {max(minutes):.1f} min; on {'; '.join(machines) or 'unrecorded machines'}.", ""]
+            f"longest {max(minutes):.1f} min; on {'; '.join(machines) or 'unrecorded machines'}; code at commit(s) "
+            f"{', '.join(commits) or 'unrecorded'}.", ""]
 
 
 def markdown(name: str, frame: pd.DataFrame, runs: list[Run], command: str, score: str = "best",

@@ -2,8 +2,8 @@
 
     python scripts/plot_results.py results/glue_table.csv [results/rank_sweep.csv ...] [--out results/]
 
-Each writes <experiment>_params.{png,pdf} and, when the table varies m or r, <experiment>_prompt_length.{png,pdf}
-and <experiment>_rank.{png,pdf}. The tables come from scripts/collect_results.py, i.e. from run records only.
+Each writes <experiment>_params.{png,pdf} and, when some method in the table was run at several m or r,
+<experiment>_prompt_length.{png,pdf} and <experiment>_rank.{png,pdf}. The tables come from scripts/collect_results.py, i.e. from run records only.
 """
 
 from __future__ import annotations
@@ -32,6 +32,12 @@ FIXED = ("experiment", "model", "task", "method", "prompt_length", "rank", "metr
 
 def varies(frame: pd.DataFrame, column: str) -> bool:
     return column in frame and frame[column].dropna().nunique() > 1
+
+
+def swept(frame: pd.DataFrame, column: str) -> bool:
+    """Whether some method was run at several values of `column` (methods that merely differ in m or r, such as
+    LoPA at m=10 beside DePT at m=60, are no sweep)."""
+    return column in frame and bool((frame.groupby("method")[column].nunique() > 1).any())
 
 
 def series_keys(frame: pd.DataFrame, x: str | None) -> list[str]:
@@ -140,9 +146,9 @@ def plot_experiment(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]
         return paths
     if done["trainable_params"].notna().any():
         paths += plot_params(done[done["trainable_params"].notna()], out_dir, name)
-    if varies(done, "prompt_length"):
+    if swept(done, "prompt_length"):
         paths += plot_sweep(done, out_dir, name, "prompt_length", "prompt length m", log=True)
-    if varies(done, "rank"):
+    if swept(done, "rank"):
         paths += plot_sweep(done, out_dir, name, "rank", "rank r", log=False)
     return paths
 

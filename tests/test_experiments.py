@@ -256,7 +256,8 @@ def write_record(run_dir: Path, method: str, task: str, seed: int, accuracy: flo
         "status": status, "run_name": f"{method}-{task}-s{seed}", "method": method, "task": task, "started_at": started_at,
         "model": "roberta-large", "seed": seed, "primary_metric": "accuracy", "parameters": {"trainable": trainable},
         "error": "boom" if status == "failed" else None, "config": config, "steps": 7, "wall_time_s": 30.0,
-        "machine": {"hostname": "vm", "cpu_count": 2, "torch": "2.13.0", "cuda": None}, **scores}))
+        "machine": {"hostname": "vm", "cpu_count": 2, "torch": "2.13.0", "cuda": None}, "git_commit": "abc1234def",
+        **scores}))
 
 
 def test_collect_averages_seeds_and_sets_the_papers_number_beside_ours(tmp_path):
@@ -294,6 +295,7 @@ def test_collect_counts_the_newest_completed_run_of_a_rerun_seed_once(tmp_path):
     table = (tmp_path / "results" / "glue_table.md").read_text()
     assert "3 earlier attempt(s) superseded" in table and "80.00 ± 14.14* / 83.39" in table
     assert "Completed runs: 3; optimiser steps per run: 7" in table and "wall time 1.5 min in all" in table
+    assert "code at commit(s) abc1234" in table
     assert "completed without a score for its primary metric: method=lopa task=rte model=roberta-large seed=3" in table
 
 
@@ -306,6 +308,11 @@ def test_plots_cover_the_swept_settings(tmp_path):
     paths = plot_results.plot_experiment(frame, tmp_path, "sweep")
     assert sorted(p.name for p in paths) == sorted(f"sweep_{kind}.{ext}" for kind in ("params", "prompt_length", "rank")
                                                    for ext in ("png", "pdf"))
+    # Methods that only differ in m and r (LoPA m=10 r=4 beside DePT m=60 r=30) are no sweep: no m or r figure.
+    mixed = frame[(frame.prompt_length == 10) & (frame["rank"] == 4)].copy()
+    mixed = pd.concat([mixed, mixed.assign(method="dept", prompt_length=60, rank=30)])
+    paths = plot_results.plot_experiment(mixed, tmp_path / "mixed", "mixed")
+    assert sorted(p.name for p in paths) == ["mixed_params.pdf", "mixed_params.png"]
 
 
 def paper_numbers_in_methods_md(text: str) -> dict[tuple[str, str, str], float]:
