@@ -106,13 +106,14 @@ def start_tracking(cfg: DictConfig, accelerator: Accelerator, run_dir: Path) -> 
     )
 
 
-def count_parameters(model: TunedModel) -> dict[str, int]:
+def count_parameters(model: TunedModel) -> dict:
     """Trainable parameters (what the method adds or unfreezes) next to the FM's and everything's totals."""
     unique = {id(p): p for p in model.parameters()}.values()
     return {
         "trainable": sum(p.numel() for p in unique if p.requires_grad),
         "fm": sum(p.numel() for p in {id(p): p for p in model.fm.parameters()}.values()),
         "total": sum(p.numel() for p in unique),
+        "trainable_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in unique if p.requires_grad}),
     }
 
 

@@ -109,6 +109,12 @@ class TunedModel(nn.Module):
         self.method = method
         self.fm_kind = fm_kind
         method.prepare_fm(fm)
+        # fp32 master weights for everything that trains, whatever the FM's dtype: AdamW updates of ~1e-4 round
+        # away in bf16, and the fp16 GradScaler refuses fp16 gradients. Autocast (trainer.mixed_precision) still
+        # runs the compute in low precision; PEFT's LoRA layers cast their input to the adapter's dtype.
+        for parameter in self.parameters():
+            if parameter.requires_grad and parameter.dtype != torch.float32:
+                parameter.data = parameter.data.float()
         # Encoder-decoder FMs are called whole (encoder, decoder, head); the others through base model + head.
         self.head = None if fm_kind == "seq2seq" else output_head(fm)
 
