@@ -1,4 +1,5 @@
-"""The frozen instance encoder of instance-dependent prompts (LoPA, IDPG), with a per-example feature cache."""
+"""The instance encoder of instance-dependent prompts (LoPA, IDPG): frozen with a per-example feature cache (default),
+or trained with the method (`encoder.trainable=true`, the official LoPA NLU code at HEAD; then nothing is cached)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,23 @@ from lopa.models import from_pretrained
 from lopa.soft_prompt import Method, MethodContext
 
 POOLINGS = ("cls", "mean", "pooler")
+MASK_PLACEHOLDER = "<mask>"  # how classification tasks mark the label slot in encoder texts (lopa/tasks/classification.py)
+
+
+def encoder_setting(cfg: DictConfig, key: str, default):
+    """An optional encoder key (older configs lack it): its value, or the default that keeps the old behaviour."""
+    value = cfg.get(key, default)
+    return default if value is None and default is not None else value
 
 
 class InstanceEncoder(nn.Module):
-    """Text -> pooled feature vector [d_enc]; never trained, always in eval mode.
+    """Text -> pooled feature vector [d_enc].
 
-    Features are cached per example key, since the encoder is frozen: each example is encoded once and reused
-    across epochs and evaluations (the heads' dropout acts on the cached features, so it still applies).
+    Frozen (`encoder.trainable=false`, the default): always in eval mode, and features are cached per example key, so
+    each example is encoded once and reused across epochs and evaluations (the heads' dropout acts on the cached
+    features, so it still applies). Trained (`encoder.trainable=true`): its parameters require grad (the method's
+    optimiser group holds them), it follows train/eval mode so its dropout is on in training (`encoder.dropout`
+    sets the rate; null keeps the checkpoint's), and the cache is off, because its features change every step.
     """
 
     def __init__(self, cfg: DictConfig, cache_features: bool = True):
@@ -33,9 +44,24 @@ class InstanceEncoder(nn.Module):
             self.model = AutoModel.from_config(config)
         else:
             self.model = from_pretrained(AutoModel, cfg.pretrained, cfg.trust_remote_code, "encoder")
-        self.model.requires_grad_(False)
-        self.model.eval()
-        self.cache_features = cache_features
+        self.trainable = bool(encoder_setting(cfg, "trainable", False))
+        self.include_mask = bool(encoder_setting(cfg, "include_mask", False))
+        dropout = cfg.get("dropout")
+        if dropout is not None:
+            if not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+                raise ConfigError(f"encoder.dropout={dropout!r} is not allowed (allowed: null or a number in [0, 1))")
+            for module in self.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = float(dropout)
+            for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):  # attention kernels read the config
+                if hasattr(self.model.config, key):
+                    setattr(self.model.config, key, float(dropout))
+        if self.include_mask and self.tokenizer.mask_token is None:
+            raise ConfigError(f"encoder.include_mask=true but encoder {cfg.name!r} has no mask token (allowed: false)")
+        self.model.requires_grad_(self.trainable)
+        self.model.train(False)
+        # The one place that decides caching: a trained encoder's features change every step, so they are never cached.
+        self.cache_features = cache_features and not self.trainable
         self.feature_cache: dict[str, Tensor] = {}
 
     @property
@@ -43,12 +69,22 @@ class InstanceEncoder(nn.Module):
         return self.model.config.hidden_size
 
     def train(self, mode: bool = True) -> InstanceEncoder:
-        return super().train(False)  # frozen: its own dropout must never be active
+        return super().train(mode and self.trainable)  # frozen: its own dropout must never be active
 
-    @torch.no_grad()
+    def encoder_input(self, text: str) -> str:
+        """The text the encoder reads: the template with its mask token (include_mask) or without it."""
+        if self.include_mask:
+            return " ".join(text.split()).replace(MASK_PLACEHOLDER, self.tokenizer.mask_token)
+        return " ".join(text.replace(MASK_PLACEHOLDER, "").split())
+
     def encode(self, texts: list[str]) -> Tensor:
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            return self._encode(texts)
+
+    def _encode(self, texts: list[str]) -> Tensor:
         device = next(self.model.parameters()).device
-        inputs = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length, return_tensors="pt")
+        inputs = self.tokenizer([self.encoder_input(text) for text in texts], padding=True, truncation=True,
+                                max_length=self.cfg.max_length, return_tensors="pt")
         outputs = self.model(**inputs.to(device))
         if self.cfg.pooling == "cls":
             features = outputs.last_hidden_state[:, 0]
@@ -94,7 +130,11 @@ def build_instance_encoder(cfg: DictConfig | None, method_name: str, cache_featu
 
 
 class InstanceDependentMethod(Method):
-    """Base of methods whose prompt depends on the input: owns the frozen encoder and reads its features."""
+    """Base of methods whose prompt depends on the input: owns the instance encoder and reads its features.
+
+    The encoder is a submodule, so with `encoder.trainable=true` its parameters are in the default optimiser group
+    (Method.param_groups) and in the saved weights; frozen, they are in neither.
+    """
 
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__(cfg, ctx)

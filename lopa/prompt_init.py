@@ -10,7 +10,7 @@ from torch import Tensor
 from lopa.errors import ConfigError, check_choice
 from lopa.soft_prompt import MethodContext
 
-PROMPT_INITS = ("uniform", "vocab", "label_words", "text")
+PROMPT_INITS = ("uniform", "normal", "vocab", "label_words", "text")
 FREQUENT_VOCAB_SIZE = 5000
 
 
@@ -31,6 +31,8 @@ def initial_prompt(init: str, prompt_length: int, ctx: MethodContext, init_text:
     embeddings = ctx.fm.get_input_embeddings().weight.detach().float()
     if init == "uniform":
         return torch.empty(prompt_length, ctx.embed_dim).uniform_(-0.5, 0.5)
+    if init == "normal":  # N(0, 1): PEFT's RANDOM, DePT's and the official LoPA code's prompt init
+        return torch.randn(prompt_length, ctx.embed_dim)
     if init == "text":
         if not init_text:
             raise ConfigError("method.init=text needs method.init_text")

@@ -27,6 +27,39 @@ from lopa.methods.lopa import LoPAPrompt  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
+# roberta-large's architecture (its Hub config.json), to count a trained encoder on the meta device offline.
+ROBERTA_LARGE = dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                     intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1)
+
+
+def composed(*overrides: str):
+    """The run config of `overrides` as run.py composes it (presets included)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONFIGS), version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+def roberta_large_encoder() -> nn.Module:
+    from transformers import RobertaConfig, RobertaModel
+
+    return RobertaModel(RobertaConfig(**ROBERTA_LARGE))
+
+
+def lopa_preset(preset: str) -> Callable[[], nn.Module]:
+    """LoPA's trainable part under an official-code preset: the heads and Z_S, plus the encoder when it trains."""
+    cfg = composed("method=lopa", "model=roberta-large", "encoder=roberta-large", f"+preset={preset}")
+
+    def build() -> nn.Module:
+        prompt = LoPAPrompt(cfg.method.prompt_length, cfg.model.hidden_size, cfg.encoder.hidden_size,
+                            cfg.method.hidden_size, cfg.method.rank)
+        if not cfg.encoder.trainable:
+            return prompt
+        encoder = roberta_large_encoder()
+        return Parts(prompt, encoder)
+
+    return build
+
 
 def hidden_size(group: str, name: str) -> int:
     return OmegaConf.load(CONFIGS / group / f"{name}.yaml").hidden_size
@@ -88,6 +121,11 @@ CASES = [
       for r, v in [(1, 4.23), (2, 6.34), (4, 10.56)]],
     *[Case("lopa", f"phi-2 + codesage-small, r={r}", lopa("phi-2", "codesage-small", 1024, r), v)
       for r, v in [(1, 4.76), (2, 7.39), (4, 12.66)]],
+    # Official LoPA NLU code (issue 17), m=10, r=4: the heads at HEAD are 1024 wide and the encoder trains.
+    Case("lopa", "+preset=lopa_nlu_head: heads h=1024 + trained encoder", lambda: lopa_preset("lopa_nlu_head")(),
+         6_348_840 + 355_359_744, exact=True),
+    Case("lopa", "+preset=lopa_nlu_paper (paper_counts): h=256, frozen encoder", lambda: lopa_preset("lopa_nlu_paper")(),
+         1_597_992, exact=True),
     Case("idpg", "GLUE roberta-large, h=256", idpg("roberta-large", "roberta-large", 256), 2.89),
     Case("idpg", "deepseek-coder-1.3b + codebert-base, h=768", idpg("deepseek-coder-1.3b", "codebert-base", 768), 16.34),
     Case("accept", "t5-base QNLI: SCPP m=60 t=32 r=20 + A·B s=256 r=30", accept("t5-base", 60, 32, 20, 256, 30), 74_880,

@@ -12,6 +12,7 @@ from lopa.registry import register_method
 from lopa.soft_prompt import MethodContext
 
 COMBINES = ("gate", "add", "max", "concat")
+HEAD_BIAS_INITS = ("zero", "default")  # the hidden (down-projection) layer's bias: zeros, or nn.Linear's own init
 
 
 def positive_int(cfg: DictConfig, key: str, maximum: int | None = None) -> int:
@@ -24,16 +25,23 @@ def positive_int(cfg: DictConfig, key: str, maximum: int | None = None) -> int:
 
 
 class TanhHead(nn.Module):
-    """x -> W2 tanh(W1 Dropout(x) + b1) + b2, weights N(0, 0.02) and zero biases (METHODS.md §2)."""
+    """x -> W2 tanh(W1 Dropout(x) + b1) + b2, weights N(0, 0.02), b2 = 0 (METHODS.md §2).
 
-    def __init__(self, in_features: int, hidden: int, out_features: int, dropout: float):
+    b1 is zero (`hidden_bias_init="zero"`, METHODS.md) or keeps nn.Linear's U(±1/√in) (`"default"`, the official
+    LoPA NLU code, issue 17).
+    """
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, dropout: float, hidden_bias_init: str = "zero"):
         super().__init__()
+        check_choice("method.head_bias_init", hidden_bias_init, HEAD_BIAS_INITS)
         self.dropout = nn.Dropout(dropout)
         self.hidden = nn.Linear(in_features, hidden)
         self.output = nn.Linear(hidden, out_features)
         for layer in (self.hidden, self.output):
             nn.init.normal_(layer.weight, std=0.02)
-            nn.init.zeros_(layer.bias)
+        nn.init.zeros_(self.output.bias)
+        if hidden_bias_init == "zero":
+            nn.init.zeros_(self.hidden.bias)
 
     def forward(self, features: Tensor) -> Tensor:
         return self.output(torch.tanh(self.hidden(self.dropout(features))))
@@ -46,13 +54,13 @@ class LoPAPrompt(nn.Module):
     """
 
     def __init__(self, prompt_length: int, embed_dim: int, encoder_dim: int, hidden: int, rank: int,
-                 dropout: float = 0.1, combine: str = "gate"):
+                 dropout: float = 0.1, combine: str = "gate", head_bias_init: str = "zero"):
         super().__init__()
         check_choice("method.combine", combine, COMBINES)
         self.prompt_length, self.embed_dim, self.rank, self.combine = prompt_length, embed_dim, rank, combine
         self.shared_prompt = nn.Parameter(torch.randn(prompt_length, embed_dim))  # Z_S ~ N(0, 1)
-        self.u_head = TanhHead(encoder_dim, hidden, prompt_length * rank, dropout)
-        self.v_head = TanhHead(encoder_dim, hidden, embed_dim * rank, dropout)
+        self.u_head = TanhHead(encoder_dim, hidden, prompt_length * rank, dropout, head_bias_init)
+        self.v_head = TanhHead(encoder_dim, hidden, embed_dim * rank, dropout, head_bias_init)
 
     def instance_matrix(self, features: Tensor) -> Tensor:
         """u vᵀ [B, m, d]."""
@@ -85,6 +93,7 @@ class LoPA(InstanceDependentMethod):
             rank=positive_int(cfg, "rank", maximum=min(prompt_length, ctx.embed_dim)),
             dropout=cfg.dropout,
             combine=cfg.combine,
+            head_bias_init=cfg.get("head_bias_init", "zero"),
         )
 
     @property

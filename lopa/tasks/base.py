@@ -62,8 +62,10 @@ class Task(ABC):
         """One example: input_ids, target_ids, example_key, encoder_text (and label for classification)."""
 
     def text_budget(self) -> int:
-        """Tokens left for the text once the prompt is counted."""
-        budget = self.cfg.max_length - self.num_virtual_tokens
+        """Tokens left for the text: max_length less the prompt, or all of it with task.max_length_includes_prompt=false
+        (the official LoPA NLU code truncates the text to max_length and prepends the prompt on top)."""
+        prompt_tokens = self.num_virtual_tokens if self.cfg.get("max_length_includes_prompt", True) else 0
+        budget = self.cfg.max_length - prompt_tokens
         if budget < self.cfg.get("min_text_tokens", 16):
             raise ConfigError(
                 f"task.max_length={self.cfg.max_length} is too small for a {self.num_virtual_tokens}-token prompt "

@@ -110,7 +110,8 @@ class ClassificationTask(Task):
             "target_ids": target_ids,
             "label": label,
             "example_key": f"{self.name}/{split_key}/{row.get('idx', index)}",
-            "encoder_text": self.text(row),
+            # The instance encoder drops the mask or reads it as its own mask token (encoder.include_mask).
+            "encoder_text": " ".join(self.template.format(**{name: row[name] for name in self.fields}).split()),
         }
 
     def text(self, row: dict) -> str:
