@@ -24,6 +24,7 @@ from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
 from lopa.records import WEIGHTS_FILE, git_commit, load_trained, machine_info, save_trained, write_json
 from lopa.registry import method_class
+from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
 from lopa.tasks import build_task
 from lopa.tasks.base import Task
@@ -56,10 +57,13 @@ def check_config(cfg: DictConfig) -> None:
     missing = sorted(missing_keys(cfg))
     if missing:
         raise ConfigError(f"missing required config values: {', '.join(missing)} (set them on the command line)")
+    validate_values(cfg)
     check_choice("mode", cfg.mode, MODES)
     trains = method_class(cfg.method.name).trains
     if cfg.mode == "train" and not trains:
         raise ConfigError(f"method={cfg.method.name} has nothing to train: run it with mode=evaluate")
+    if cfg.mode == "train" and cfg.trainer.lr == 0:
+        raise ConfigError("trainer.lr=0 is not allowed when training (allowed: a finite number > 0)")
     if cfg.mode == "evaluate" and not cfg.checkpoint and trains:
         raise ConfigError(f"mode=evaluate with method={cfg.method.name} needs checkpoint=<directory of trained weights> "
                           "(or method=zero_shot for the untrained FM)")

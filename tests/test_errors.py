@@ -88,6 +88,18 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
                                      "allow it with model.trust_remote_code=true", []),
         "input longer than dept's fixed padding": ([d, "method=dept", "method.update_length=4", "method.rank=2"],
                                                    "tokens but the position-wise update has s=4 rows", []),
+        # lopa/schema.py: numeric ranges and types, refused before any model or data is loaded
+        "nan learning rate": ([d, "trainer.lr=NaN"], "trainer.lr=nan is not allowed (allowed: a finite number >= 0)", []),
+        "negative learning rate": ([d, "trainer.lr=-0.1"], "trainer.lr=-0.1 is not allowed", []),
+        "negative max_steps": ([d, "trainer.max_steps=-1"], "trainer.max_steps=-1 is not allowed (allowed: null or an integer >= 1)", []),
+        "zero epochs": ([d, "trainer.max_steps=null", "trainer.epochs=0"], "trainer.epochs=0 is not allowed", []),
+        "zero accumulation": ([d, "trainer.grad_accum_steps=0"], "trainer.grad_accum_steps=0 is not allowed", []),
+        "warm-up ratio above 1": ([d, "trainer.warmup_ratio=1.5"], "trainer.warmup_ratio=1.5 is not allowed (allowed: a finite number in [0, 1])", []),
+        "negative eval limit": ([d, "eval.limit=-3"], "eval.limit=-3 is not allowed", []),
+        "negative train limit": ([d, "trainer.train_limit=-1"], "trainer.train_limit=-1 is not allowed", []),
+        "zero batch size": ([d, "trainer.batch_size=0"], "trainer.batch_size=0 is not allowed (allowed: an integer >= 1)", []),
+        "non-integer seed": ([d, "seed=abc"], "seed='abc' is not allowed (allowed: an integer)", []),
+        "float seed": ([d, "seed=1.5"], "seed=1.5 is not allowed (allowed: an integer)", []),
     }
     return cases
 
