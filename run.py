@@ -56,7 +56,10 @@ def main(cfg: DictConfig) -> None:
                   f"command with hydra.run.dir={run_dir} to resume", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     best = record["best"]
-    if is_main_rank():
+    if is_main_rank() and record["steps"] == 0 and not record.get("train_losses"):  # mode=evaluate: nothing trained
+        print(f"{record['run_name']}: evaluated {record['primary_metric']}={best[record['primary_metric']]:.4f}, "
+              f"{record['parameters']['trainable']:,} trainable parameters -> {run_dir / RESULTS_FILE}")
+    elif is_main_rank():
         print(f"{record['run_name']}: best {record['primary_metric']}={best[record['primary_metric']]:.4f} "
               f"at step {best['step']}, {record['parameters']['trainable']:,} trainable parameters -> {run_dir / RESULTS_FILE}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,9 +124,10 @@ def train(
         path = checkpointer.save(model, optimizer, scheduler, state, outcome.progress())
         outcome.last_checkpoint = str(path)
 
-    # Bars only on a terminal: in batch logs (SLURM, CI, pipes) they are noise, and the loss is logged anyway.
+    # Main process only; in a non-tty log (SLURM, pipes) a bar line at most every 30 s, beside the loss log lines.
     progress_bar = tqdm(total=steps, initial=state.step, desc="train", dynamic_ncols=True,
-                        disable=None if accelerator.is_local_main_process else True)
+                        mininterval=0.1 if sys.stdout.isatty() else 30.0, file=sys.stdout,  # stderr: errors only
+                        disable=not accelerator.is_local_main_process)
     model.train()
     with StopOnSigterm(accelerator, enabled=checkpointer is not None) as sigterm:
         while state.step < steps:
@@ -159,6 +161,7 @@ def train(
                     outcome.train_losses.append({"step": state.step, "loss": mean_loss})
                     accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.step)
                     progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    log.info("step %d/%d: loss=%.4f lr=%.3g", state.step, steps, mean_loss, scheduler.get_last_lr()[0])
                     state.running_loss, state.running_count = 0.0, 0
                 end_of_epoch = state.batch_in_epoch >= batches_per_epoch
                 if (cfg.eval_every and state.step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch

@@ -36,3 +36,20 @@ def test_train_record_weights_and_evaluate_mode(glue_data, tmp_path):
     evaluated = json.loads((eval_dir / "results.json").read_text())
     # The tiny FM is rebuilt from the same seed, so the saved prompt reproduces the best evaluation exactly.
     assert evaluated["final"]["accuracy"] == record["best"]["accuracy"]
+
+
+def test_training_logs_the_loss_every_log_every_steps_and_evaluate_is_summarised_as_one(glue_data, tmp_path):
+    run_dir = tmp_path / "train"
+    out = run("model=tiny-llama", "method=prompt_tuning", f"data_dir={glue_data}", "trainer.max_steps=4",
+              "trainer.log_every=2", "logger=none", f"hydra.run.dir={run_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (run_dir / "run.log").read_text()
+    assert "step 2/4: loss=" in log and "step 4/4: loss=" in log and "step 3/4" not in log
+    assert "step 2/4: loss=" in out.stdout + out.stderr  # on the console too
+    assert "train: 100%" in out.stdout  # the progress bar's last line, also in a non-tty log (stderr is for errors)
+    assert ": best accuracy=" in out.stdout
+
+    out = run("model=tiny-llama", "method=prompt_tuning", f"data_dir={glue_data}", "mode=evaluate", "logger=none",
+              f"checkpoint={run_dir / 'weights'}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert ": evaluated accuracy=" in out.stdout and "best" not in out.stdout
