@@ -183,7 +183,7 @@ def test_accept_two_learning_rates(glue_data):
     model, *_ = build(glue_data, LLAMA, "method=accept", "method.subspace_dim=8")
     cfg = model.method.cfg
     groups = model.method.param_groups(cfg.lr, cfg.weight_decay)
-    assert [g["lr"] for g in groups] == [0.3, 1e-4] and cfg.lr == cfg.prompt_lr
+    assert [g["lr"] for g in groups] == [0.3, 1e-3] and cfg.lr == cfg.prompt_lr
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.method.scpp.parameters()}
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.method.lowrank_update.parameters()}
 
