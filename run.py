@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lopa.cli import FAILED_JOBS, is_main_rank, prepare_overrides, relaunch_if_needed
 
@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from lopa.errors import ConfigError
-    from lopa.records import failed_record, write_json
+    from lopa.records import completed_record, failed_record, write_json
     from lopa.runner import (  # heavy imports (torch, transformers) only once the config is valid
         RESULTS_FILE,
         run,
@@ -32,6 +32,11 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     single_run = HydraConfig.get().mode.name == "RUN"
     try:
+        done = completed_record(run_dir, OmegaConf.to_container(cfg, resolve=True)) if cfg.get("skip_completed") else None
+        if done is not None:
+            if is_main_rank():
+                print(f"{cfg.run_name}: skipped, already completed -> {run_dir / RESULTS_FILE}")
+            return
         record = run(cfg, run_dir)
     except Exception as error:
         message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"

@@ -26,5 +26,8 @@ class PromptTuning(Method):
     def num_virtual_tokens(self) -> int:
         return self.prompt_table.shape[0]
 
+    def shared_prompt(self) -> Tensor:
+        return self.prompt_table
+
     def prompt(self, batch: dict) -> Tensor:
         return self.prompt_table.expand(batch["input_ids"].shape[0], -1, -1)

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-CHECKED_GROUPS = ("model", "task", "method", "encoder", "trainer", "logger", "experiment")
+CHECKED_GROUPS = ("model", "task", "method", "encoder", "trainer", "logger", "experiment", "ablation")
 
 
 def group_options(config_dir: Path, group: str) -> list[str]:

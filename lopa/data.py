@@ -27,6 +27,18 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+HOLDOUT_SEED = 0  # the held-out slice is the same for every run (any seed, method, learning rate)
+
+
+def split_holdout(rows: list[dict], size: int) -> tuple[list[dict], list[dict]]:
+    """(rows to train on, `size` held-out rows): a fixed random subset, the rest in their original order."""
+    if size >= len(rows):
+        raise ConfigError(f"eval.holdout={size} leaves nothing to train on ({len(rows)} training rows; allowed: "
+                          f"1..{len(rows) - 1})")
+    held = set(torch.randperm(len(rows), generator=torch.Generator().manual_seed(HOLDOUT_SEED))[:size].tolist())
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
 def load_rows(source: DictConfig, split: str, data_dir: str | None) -> list[dict]:
     """All rows of one split: from `data_dir/<source.local_dir>/<split>.jsonl` when data_dir is set, else the Hub."""
     if data_dir is not None:

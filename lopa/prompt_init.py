@@ -10,7 +10,7 @@ from torch import Tensor
 from lopa.errors import ConfigError, check_choice
 from lopa.soft_prompt import MethodContext
 
-PROMPT_INITS = ("uniform", "normal", "vocab", "label_words", "text")
+PROMPT_INITS = ("uniform", "normal", "embedding_scale", "vocab", "label_words", "text")
 FREQUENT_VOCAB_SIZE = 5000
 
 
@@ -33,6 +33,8 @@ def initial_prompt(init: str, prompt_length: int, ctx: MethodContext, init_text:
         return torch.empty(prompt_length, ctx.embed_dim).uniform_(-0.5, 0.5)
     if init == "normal":  # N(0, 1): PEFT's RANDOM, DePT's and the official LoPA code's prompt init
         return torch.randn(prompt_length, ctx.embed_dim)
+    if init == "embedding_scale":  # N(0, s²), s = the std of the FM's token embeddings: rows as long as a token's
+        return torch.randn(prompt_length, ctx.embed_dim) * embeddings.std()
     if init == "text":
         if not init_text:
             raise ConfigError("method.init=text needs method.init_text")

@@ -71,6 +71,39 @@ def failed_record(cfg: DictConfig, error: str, trace: str) -> dict:
             "traceback": trace}
 
 
+# Keys that may differ between a completed run and its relaunch without changing what the run computes.
+RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "trainer.resume", "trainer.num_workers")
+
+
+def flat_items(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in flat_items(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def completed_record(run_dir: Path, config: dict) -> dict | None:
+    """The completed record in `run_dir` when it was made by this same config, None when there is none (or a failed
+    or interrupted one: that run goes again, from its checkpoint). A completed record of another config is an
+    error: relaunching a sweep into a directory of different runs must not silently keep their numbers."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # written atomically, so only a foreign file can be torn; run again and replace it
+    if record.get("status") != "completed":
+        return None
+    old, new = flat_items(record.get("config") or {}), flat_items(config)
+    differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key)
+                       and not key.startswith(RELAUNCH_INDEPENDENT_KEYS))
+    if differing:
+        shown = ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in differing[:3])
+        raise ConfigError(f"{path} is a completed run of another config ({shown}{', ...' if len(differing) > 3 else ''}); "
+                          "use another run directory, or delete it to run again")
+    return record
+
+
 def git_commit(repo_dir: Path | None = None) -> str | None:
     """The commit the code ran at, with `-dirty` when there were uncommitted changes."""
     cwd = repo_dir or Path(__file__).resolve().parent.parent

@@ -20,6 +20,7 @@ from lopa.checkpointing import (
     checkpoint_settings,
     resume_checkpoint,
 )
+from lopa.data import split_holdout
 from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
 from lopa.records import WEIGHTS_FILE, git_commit, load_trained, machine_info, save_trained, write_json
@@ -28,7 +29,7 @@ from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
 from lopa.tasks import build_task
 from lopa.tasks.base import Task
-from lopa.trainer import train
+from lopa.trainer import evaluation, train
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,17 @@ def count_parameters(model: TunedModel) -> dict:
     }
 
 
+@torch.no_grad()
+def prompt_scale(model: TunedModel) -> dict:
+    """Mean row norm of the method's shared [m, d] prompt beside that of the FM's token embeddings: a prompt far
+    longer than the tokens it sits next to dominates a pre-norm decoder's residual stream (issue 12)."""
+    prompt = model.method.shared_prompt().detach().float()
+    tokens = model.fm.get_input_embeddings().weight.detach().float()
+    return {"prompt_row_norm": round(prompt.norm(dim=-1).mean().item(), 4),
+            "token_embedding_row_norm": round(tokens.norm(dim=-1).mean().item(), 4),
+            "token_embedding_std": round(tokens.std().item(), 5)}
+
+
 def build_model(cfg: DictConfig, tokenizer, fm, task: Task, train_rows: list[dict]) -> TunedModel:
     """Wrap the FM with the configured method; the task learns how many prompt tokens to leave room for."""
     ctx = MethodContext(
@@ -162,7 +174,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     fm = load_fm(cfg.model, tokenizer)
     task = build_task(cfg.task, tokenizer, cfg.model.kind, data_dir)
     task.output_dir = run_dir  # tasks that write artefacts (generations) put them beside the record
-    train_rows = task.load("train", cfg.trainer.train_limit) if cfg.mode == "train" else []
+    holdout_size = cfg.eval.get("holdout")
+    train_rows = task.load("train") if cfg.mode == "train" or holdout_size else []
+    holdout_rows = []
+    if holdout_size:  # taken before train_limit, so the slice is the same whatever the limit
+        train_rows, holdout_rows = split_holdout(train_rows, holdout_size)
+    train_rows = train_rows[: cfg.trainer.train_limit] if cfg.mode == "train" else []
     eval_rows = task.load(cfg.eval.split, cfg.eval.limit)
 
     model = build_model(cfg, tokenizer, fm, task, train_rows)
@@ -173,9 +190,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     train_examples = [task.encode(row, i, "train") for i, row in enumerate(train_rows)]
     eval_examples = [task.encode(row, i, cfg.eval.split) for i, row in enumerate(eval_rows)]
+    holdout_examples = [task.encode(row, i, "holdout") for i, row in enumerate(holdout_rows)]
     eval_loader = task.dataloader(eval_examples, cfg.eval.batch_size, shuffle=False, generator=torch.Generator())
+    holdout_loader = (task.dataloader(holdout_examples, cfg.eval.batch_size, shuffle=False, generator=torch.Generator())
+                      if holdout_examples else None)
+    keep_predictions = bool(cfg.eval.get("save_predictions", False))
     model.to(accelerator.device)
-    model.method.prepare_examples(train_examples + eval_examples, cfg.eval.batch_size)
+    model.method.prepare_examples(train_examples + eval_examples + holdout_examples, cfg.eval.batch_size)
+    scale = {"initial": prompt_scale(model)} if model.method.shared_prompt() is not None else None
     weights_dir = run_dir / "weights"
     weights_config = {
         "method": OmegaConf.to_container(cfg.method, resolve=True),
@@ -199,8 +221,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         "parameters": parameters,
         "num_train_examples": len(train_examples),
         "num_eval_examples": len(eval_examples),
+        "num_holdout_examples": len(holdout_examples),
         "primary_metric": task.primary_metric,
     }
+    if keep_predictions and "label" in (eval_examples[0] if eval_examples else {}):
+        record["eval_labels"] = [example["label"] for example in eval_examples]  # the order of "predictions"
     if cfg.mode == "train":
         # The loader's own generator keeps DataLoader iterators from drawing on the global RNG (dropout's), which
         # a resumed run restores at a step boundary: a new iterator there would otherwise shift it.
@@ -220,7 +245,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
                 save_trained(accelerator.unwrap_model(model), weights_dir, {**weights_config, "evaluation": evaluation})
 
         outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=save_best,
-                        checkpointer=checkpointer, resume_from=resume_from)
+                        checkpointer=checkpointer, resume_from=resume_from, holdout_loader=holdout_loader,
+                        keep_predictions=keep_predictions)
         record.update(
             status="interrupted" if outcome.interrupted else "completed",
             steps=outcome.steps,
@@ -236,8 +262,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     else:
         model = accelerator.prepare(model)
         eval_loader = accelerator.prepare(eval_loader)
-        metrics = task.evaluate(model, eval_loader, accelerator)
+        if holdout_loader is not None:
+            holdout_loader = accelerator.prepare(holdout_loader)
+        metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
         record.update(steps=0, evaluations=[{"step": 0, **metrics}], best={"step": 0, **metrics}, final={"step": 0, **metrics})
+    if scale is not None:
+        record["prompt_scale"] = {**scale, "final": prompt_scale(accelerator.unwrap_model(model))}
     record["wall_time_s"] = round(time.time() - started, 2)
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     if accelerator.is_main_process:

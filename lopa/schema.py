@@ -70,6 +70,7 @@ RULES: dict[str, Number] = {
     "trainer.keep_checkpoints": POSITIVE_INT,
     "eval.limit": COUNT_OR_NULL,
     "eval.batch_size": POSITIVE_INT,
+    "eval.holdout": COUNT_OR_NULL,
     "method.lr": RATE,
     "method.weight_decay": Number(integer=False, low=0),
     "method.prompt_length": POSITIVE_INT,

@@ -60,6 +60,10 @@ class Method(nn.Module):
         """Prompt tensor [B, m, d] for this batch, or None."""
         return None
 
+    def shared_prompt(self) -> Tensor | None:
+        """The [m, d] table shared by every input, where the method has one (its scale is recorded per run)."""
+        return None
+
     def update_input_embeddings(self, embeds: Tensor, attention_mask: Tensor) -> Tensor:
         """The text embeddings [B, L, d] before the prompt is prepended; pads have attention_mask 0. Default: unchanged."""
         return embeds

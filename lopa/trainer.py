@@ -62,6 +62,27 @@ def mean_over_processes(accelerator: Accelerator, loss_sum: float, count: int) -
     return (totals[0] / totals[1]).item()
 
 
+def evaluation(task: Task, model, eval_loader: DataLoader, accelerator: Accelerator,
+               holdout_loader: DataLoader | None = None, predictions: bool = False) -> dict:
+    """Metrics on the evaluation split and, when given, under "holdout" those on the held-out training slice (the
+    split model selection may look at: the evaluation split is the one a study reports)."""
+    metrics = task.evaluate(model, eval_loader, accelerator, predictions=predictions)
+    if holdout_loader is not None:
+        metrics["holdout"] = task.evaluate(model, holdout_loader, accelerator)
+    return metrics
+
+
+def scalar_metrics(metrics: dict, prefix: str = "") -> dict:
+    """The numbers of an evaluation, nested keys joined by "/" (per-example predictions left out), for logs."""
+    scalars = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            scalars.update(scalar_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float):
+            scalars[f"{prefix}{key}"] = value
+    return scalars
+
+
 def train(
     cfg: DictConfig,
     model: TunedModel,
@@ -72,6 +93,8 @@ def train(
     on_best: Callable[[dict], None] | None = None,
     checkpointer: Checkpointer | None = None,
     resume_from: Path | None = None,
+    holdout_loader: DataLoader | None = None,
+    keep_predictions: bool = False,
 ) -> TrainingOutcome:
     """Train `model` with AdamW and evaluate it every `eval_every` steps (or each epoch), tracking the best.
 
@@ -81,6 +104,8 @@ def train(
     With a `checkpointer`, checkpoints are saved every `cfg.checkpoint_every` steps and when SIGTERM arrives (then
     training stops early with `interrupted` set); `resume_from` continues from a checkpoint exactly where it was.
     The train loader should shuffle with an `EpochShuffle` sampler, so an interrupted epoch replays in the same order.
+    `holdout_loader` (a held-out slice of the training set) is scored at every evaluation beside the evaluation split;
+    `keep_predictions` stores each evaluation's per-example predictions in it.
     """
     check_choice("trainer.scheduler", cfg.scheduler, SCHEDULERS)
     optimizer = torch.optim.AdamW(model.method.param_groups(cfg.lr, cfg.weight_decay))
@@ -88,6 +113,8 @@ def train(
         model.fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     sampler = train_loader.sampler
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if holdout_loader is not None:
+        holdout_loader = accelerator.prepare(holdout_loader)
     # Counted on the prepared (per-process) loader: one optimiser step takes one batch on every process. Steps,
     # warm-up and the schedule are all in optimiser steps, whatever the number of processes, so the scheduler is
     # not handed to Accelerate (which would step it once per process) but stepped here once per optimiser step.
@@ -108,12 +135,13 @@ def train(
     batches_per_epoch = len(train_loader)
 
     def evaluate(epoch: int) -> None:
-        metrics = task.evaluate(model, eval_loader, accelerator)
+        metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
         record = {"step": state.step, "epoch": epoch, **metrics}
         outcome.evaluations.append(record)
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=state.step)
+        scalars = scalar_metrics(metrics)
+        accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=state.step)
         log.info("step %d: %s", state.step, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                     for k, v in metrics.items()))
+                                                     for k, v in scalars.items()))
         if outcome.best is None or not select_best or metrics[metric] > outcome.best[metric]:
             outcome.best = record
             if on_best is not None:

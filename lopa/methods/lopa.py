@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from lopa.encoder import InstanceDependentMethod
 from lopa.errors import ConfigError, check_choice
+from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
 from lopa.soft_prompt import MethodContext
 
@@ -54,11 +55,14 @@ class LoPAPrompt(nn.Module):
     """
 
     def __init__(self, prompt_length: int, embed_dim: int, encoder_dim: int, hidden: int, rank: int,
-                 dropout: float = 0.1, combine: str = "gate", head_bias_init: str = "zero"):
+                 dropout: float = 0.1, combine: str = "gate", head_bias_init: str = "zero",
+                 shared_init: Tensor | None = None):
         super().__init__()
         check_choice("method.combine", combine, COMBINES)
         self.prompt_length, self.embed_dim, self.rank, self.combine = prompt_length, embed_dim, rank, combine
-        self.shared_prompt = nn.Parameter(torch.randn(prompt_length, embed_dim))  # Z_S ~ N(0, 1)
+        # Z_S ~ N(0, 1) (paper, official code) unless another [m, d] start is given (method.init)
+        start = torch.randn(prompt_length, embed_dim) if shared_init is None else shared_init
+        self.shared_prompt = nn.Parameter(start)
         self.u_head = TanhHead(encoder_dim, hidden, prompt_length * rank, dropout, head_bias_init)
         self.v_head = TanhHead(encoder_dim, hidden, embed_dim * rank, dropout, head_bias_init)
 
@@ -94,7 +98,11 @@ class LoPA(InstanceDependentMethod):
             dropout=cfg.dropout,
             combine=cfg.combine,
             head_bias_init=cfg.get("head_bias_init", "zero"),
+            shared_init=initial_prompt(cfg.get("init", "normal"), prompt_length, ctx, cfg.get("init_text")),
         )
+
+    def shared_prompt(self) -> Tensor:
+        return self.generator.shared_prompt
 
     @property
     def num_virtual_tokens(self) -> int:

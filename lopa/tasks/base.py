@@ -78,5 +78,6 @@ class Task(ABC):
         return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn, **kwargs)
 
     @abstractmethod
-    def evaluate(self, model, loader: DataLoader, accelerator) -> dict:
-        """Metrics of `model` on the batches of `loader` (gathered over processes)."""
+    def evaluate(self, model, loader: DataLoader, accelerator, predictions: bool = False) -> dict:
+        """Metrics of `model` on the batches of `loader` (gathered over processes); with `predictions`, also each
+        example's prediction in loader order (for paired comparisons between runs), where the task has one."""

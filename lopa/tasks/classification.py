@@ -133,7 +133,8 @@ class ClassificationTask(Task):
             references += labels.tolist()
         return predictions, references
 
-    def evaluate(self, model, loader: DataLoader, accelerator) -> dict:
-        predictions, references = self.predict(model, loader, accelerator)
+    def evaluate(self, model, loader: DataLoader, accelerator, predictions: bool = False) -> dict:
+        predicted, references = self.predict(model, loader, accelerator)
         # num_examples: what was gathered over processes, which must be the split's size (no duplicates)
-        return {**compute_metrics(self.cfg.metrics, predictions, references), "num_examples": len(predictions)}
+        metrics = {**compute_metrics(self.cfg.metrics, predicted, references), "num_examples": len(predicted)}
+        return {**metrics, "predictions": predicted} if predictions else metrics

@@ -185,8 +185,10 @@ class CodeGenerationTask(Task):
         ks = [k for k in self.cfg.pass_at_k if k <= min(counts)]
         return mean_pass_at_k([correct[r["example_key"]] for r in generations], counts, ks), executions
 
-    def evaluate(self, model, loader: DataLoader, accelerator) -> dict:
-        """Generate, save the generations, and (stage=all) execute them; metrics are broadcast from the main process."""
+    def evaluate(self, model, loader: DataLoader, accelerator, predictions: bool = False) -> dict:
+        """Generate, save the generations, and (stage=all) execute them; metrics are broadcast from the main process.
+
+        Per-example results are always written beside the record (generations, executions): `predictions` adds none."""
         generations = self.generate(model, loader, accelerator)
         metrics: dict = {"num_problems": len(generations)}
         if accelerator.is_main_process:

@@ -1,0 +1,182 @@
+"""The offline study's protocol (issue 12): which cells to run, how the learning rate and step budget are picked
+on the held-out training slice, and paired bootstrap intervals of method differences on the reported split.
+
+A cell is one run: task x method x variant (the paper setting or an ablation) x learning-rate factor x seed. Its
+record holds a learning curve: every evaluation scores the validation split (reported, with per-example predictions)
+and, under "holdout", the held-out training slice (the only thing selection looks at).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PAPER = "paper"  # the variant of a method's own settings
+ZERO_SHOT = "zero_shot"
+
+
+@dataclass(frozen=True)
+class Cell:
+    task: str  # config choice, e.g. glue/sst2
+    method: str
+    variant: str = PAPER
+    lr_factor: float = 1
+    seed: int = 1
+
+    @property
+    def run_name(self) -> str:  # configs/experiment/offline_study.yaml's run_name
+        return f"{self.method}-{self.variant}-{self.task.split('/')[-1]}-lrx{format_factor(self.lr_factor)}-s{self.seed}"
+
+    def overrides(self) -> list[str]:
+        ablation = [] if self.variant == PAPER else [f"+ablation={self.variant}"]
+        return [f"task={self.task}", f"method={self.method}", f"lr_factor={format_factor(self.lr_factor)}",
+                f"seed={self.seed}", *ablation]
+
+
+def format_factor(factor: float) -> str:
+    """1 -> "1", 0.1 -> "0.1": what Hydra's override and OmegaConf's interpolation of lr_factor print."""
+    return str(int(factor)) if float(factor).is_integer() else str(factor)
+
+
+@dataclass(frozen=True)
+class Selection:
+    lr_factor: float
+    lr: float
+    budget: int  # optimiser steps
+    holdout_scores: dict  # lr_factor -> best holdout score of the selection seed's run
+
+
+def primary_metric(record: dict) -> str:
+    return record["primary_metric"]
+
+
+def curve(record: dict, metric: str, split: str = "eval") -> list[tuple[int, float]]:
+    """(step, score) of every evaluation, on the validation split or the holdout slice."""
+    points = []
+    for evaluation in record.get("evaluations") or []:
+        scores = evaluation.get("holdout", {}) if split == "holdout" else evaluation
+        if metric in scores:
+            points.append((evaluation["step"], scores[metric]))
+    return points
+
+
+def budget_step(points: list[tuple[int, float]], tolerance: float) -> int:
+    """The first step whose score is within `tolerance` of the curve's best: where the curve has plateaued."""
+    best = max(score for _, score in points)
+    return next(step for step, score in points if score >= best - tolerance)
+
+
+def select(records: dict[float, dict], metric: str, tolerance: float) -> Selection | None:
+    """The learning-rate factor whose selection-seed run has the best holdout score (ties: the smaller factor),
+    and the step budget read off that run's holdout curve; None until every factor's run has completed."""
+    if not records or any(r.get("status") != "completed" for r in records.values()):
+        return None
+    best = {factor: max(score for _, score in curve(r, metric, "holdout")) for factor, r in records.items()}
+    factor = max(sorted(best), key=lambda f: best[f])
+    chosen = records[factor]
+    return Selection(factor, chosen["config"]["trainer"]["lr"], budget_step(curve(chosen, metric, "holdout"), tolerance),
+                     best)
+
+
+def evaluation_at(record: dict, step: int) -> dict | None:
+    return next((e for e in record.get("evaluations") or [] if e["step"] == step), None)
+
+
+def correct_matrix(records: list[dict], steps: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """predictions [runs, examples] at each run's step, and the labels [examples] (the same for every run)."""
+    labels = np.asarray(records[0]["eval_labels"])
+    predictions = []
+    for record, step in zip(records, steps):
+        if record["eval_labels"] != records[0]["eval_labels"]:
+            raise ValueError(f"{record['run_name']} was evaluated on other examples than {records[0]['run_name']}")
+        predictions.append(evaluation_at(record, step)["predictions"])
+    return np.asarray(predictions), labels
+
+
+def score(predictions: np.ndarray, labels: np.ndarray, metric: str) -> np.ndarray:
+    """accuracy or binary F1 (positive class 1, as GLUE's MRPC) along the last axis, batched over leading axes."""
+    if metric == "accuracy":
+        return (predictions == labels).mean(-1)
+    if metric == "f1":
+        true_positive = ((predictions == 1) & (labels == 1)).sum(-1)
+        predicted, actual = (predictions == 1).sum(-1), (labels == 1).sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nan_to_num(2 * true_positive / (predicted + actual))
+    raise ValueError(f"no bootstrap for metric {metric!r} (allowed: accuracy, f1)")
+
+
+def paired_bootstrap(a: list[dict], a_steps: list[int], b: list[dict], b_steps: list[int], metric: str,
+                     samples: int = 2000, seed: int = 0) -> dict:
+    """Mean over seeds of score(a) - score(b) with a 95 % percentile interval: runs are paired by seed (a[i] with
+    b[i]) and examples resampled with replacement, the same resample for every run, so both the seed-to-seed and
+    the example-to-example variation of the difference enter the interval."""
+    a_pred, labels = correct_matrix(a, a_steps)
+    b_pred, b_labels = correct_matrix(b, b_steps)
+    if not np.array_equal(labels, b_labels):
+        raise ValueError("the two methods were evaluated on different examples")
+    observed = float((score(a_pred, labels, metric) - score(b_pred, labels, metric)).mean())
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(samples)
+    for i in range(samples):
+        index = rng.integers(0, len(labels), len(labels))
+        diffs[i] = (score(a_pred[:, index], labels[index], metric) - score(b_pred[:, index], labels[index], metric)).mean()
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": observed, "low": float(low), "high": float(high), "seeds": len(a), "examples": len(labels)}
+
+
+def load_records(root: Path) -> dict[str, dict]:
+    """run name -> record of every results.json under `root` (one directory per cell)."""
+    records = {}
+    for path in sorted(Path(root).glob("*/results.json")):
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        record["run_dir"] = str(path.parent)
+        records[path.parent.name] = record
+    return records
+
+
+def completed(records: dict[str, dict], cell: Cell) -> dict | None:
+    record = records.get(cell.run_name)
+    return record if record and record.get("status") == "completed" else None
+
+
+def selection_for(records: dict[str, dict], protocol: dict, task: str, method: str) -> Selection | None:
+    runs = {f: completed(records, Cell(task, method, PAPER, f, protocol["selection_seed"])) for f in protocol["lr_factors"]}
+    if any(r is None for r in runs.values()):
+        return None
+    return select(runs, primary_metric(next(iter(runs.values()))), protocol["budget_tolerance"])
+
+
+def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, str]]:
+    """Every cell in the order the study runs them (the primary task first; per task: zero-shot, learning-rate
+    selection, the other seeds, ablations, the seed methods), each with why it waits, or None as a cell when its
+    position depends on a selection not made yet (the string says which)."""
+    cells: list[tuple[Cell | None, str]] = []
+    seeds = list(protocol["seeds"])
+    for task in protocol["tasks"]:
+        cells.append((Cell(task, ZERO_SHOT, PAPER, 1, protocol["selection_seed"]), "zero-shot"))
+        for method in protocol["core_methods"]:
+            for factor in protocol["lr_factors"]:
+                cells.append((Cell(task, method, PAPER, factor, protocol["selection_seed"]), "selection"))
+        for method in protocol["core_methods"]:
+            chosen = selection_for(records, protocol, task, method)
+            for seed in seeds:
+                if seed == protocol["selection_seed"]:
+                    continue
+                cells.append((Cell(task, method, PAPER, chosen.lr_factor, seed) if chosen else None,
+                              f"seeds of {method} on {task} (waits for its learning-rate selection)"))
+        for method, variants in (protocol.get("ablations") or {}).items():
+            chosen = selection_for(records, protocol, task, method)
+            for variant in variants:
+                for seed in seeds:
+                    cells.append((Cell(task, method, variant, chosen.lr_factor, seed) if chosen else None,
+                                  f"ablation {variant} of {method} on {task} (waits for its learning-rate selection)"))
+        for method in protocol.get("seed_methods") or []:
+            for seed in seeds:
+                cells.append((Cell(task, method, PAPER, 1, seed), "seed method at its paper learning rate"))
+    return cells
