@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from lopa.errors import ConfigError
-    from lopa.records import completed_record, failed_record, write_json
+    from lopa.records import ForeignRecordError, completed_record, failed_record, write_json
     from lopa.runner import (  # heavy imports (torch, transformers) only once the config is valid
         RESULTS_FILE,
         run,
@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         record = run(cfg, run_dir)
     except Exception as error:
         message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
-        if is_main_rank():
+        if is_main_rank() and not isinstance(error, ForeignRecordError):
             # A complete record marked failed, so sweeps list the failure instead of losing it.
             write_json(run_dir / RESULTS_FILE, failed_record(cfg, message, traceback.format_exc()))
         if single_run:

@@ -81,6 +81,10 @@ def flat_items(node, prefix: str = "") -> dict:
     return {prefix.rstrip("."): node}
 
 
+class ForeignRecordError(ConfigError):
+    """The run directory holds a completed record of another config: it is kept as it is (no failed record over it)."""
+
+
 def completed_record(run_dir: Path, config: dict) -> dict | None:
     """The completed record in `run_dir` when it was made by this same config, None when there is none (or a failed
     or interrupted one: that run goes again, from its checkpoint). A completed record of another config is an
@@ -99,7 +103,7 @@ def completed_record(run_dir: Path, config: dict) -> dict | None:
                        and not key.startswith(RELAUNCH_INDEPENDENT_KEYS))
     if differing:
         shown = ", ".join(f"{key} {old.get(key)!r} -> {new.get(key)!r}" for key in differing[:3])
-        raise ConfigError(f"{path} is a completed run of another config ({shown}{', ...' if len(differing) > 3 else ''}); "
+        raise ForeignRecordError(f"{path} is a completed run of another config ({shown}{', ...' if len(differing) > 3 else ''}); "
                           "use another run directory, or delete it to run again")
     return record
 

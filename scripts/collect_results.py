@@ -30,8 +30,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 from plot_results import METHOD_LABELS, TASK_LABELS, plot_experiment  # noqa: E402
+from study_report import write_report  # noqa: E402
 
 from lopa.records import atomic_write  # noqa: E402
+from lopa.study import load_records  # noqa: E402
 
 PAPER_NUMBERS = REPO / "results" / "paper_numbers.csv"
 RESULTS_FILE = "results.json"
@@ -477,6 +479,14 @@ def collect(roots: list[Path], out_dir: Path, experiment: str | None = None, sco
     paper = load_paper_numbers(paper_path)
     tables = {}
     for name in names:
+        # A study (its records carry the protocol, config.study) has a table of its own: scripts/study_report.py.
+        study = {key: record for root in roots if root.exists() for key, record in load_records(root).items()
+                 if (record.get("config") or {}).get("experiment_name") == name and record["config"].get("study")}
+        if study:
+            written = write_report(study, out_dir, command, figures)
+            print(f"{name}: study of {len(study)} run records -> {', '.join(str(path) for path in written)}")
+            tables[name] = pd.read_csv(out_dir / f"{name}.csv")
+            continue
         members = by_experiment.get(name, [])
         if not members:
             print(f"no runs of experiment {name!r} under {', '.join(map(str, roots))}", file=sys.stderr)

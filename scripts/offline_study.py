@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", nargs="+", type=int, help="only these seeds")
     parser.add_argument("--max-cells", type=int, help="stop after this many cells")
     args = parser.parse_args(argv)
-    # The protocol may be narrowed for a smoke test with study.* overrides among the extra arguments.
-    study = protocol([o for o in extra if o.startswith("study.")])
-    extra = [o for o in extra if not o.startswith("study.")]
+    # The protocol may be narrowed (a smoke test) with study.* overrides among the extra arguments; they go to the
+    # runs too, so their records carry the protocol they were run under.
+    study = protocol([o for o in extra if o.lstrip("~+").startswith("study.")])
     if args.action == "plan":
         show_plan(study, args.runs, args)
         return 0

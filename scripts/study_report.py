@@ -1,0 +1,391 @@
+"""The offline study's table and figures from its run records (called by scripts/collect_results.py).
+
+    python scripts/collect_results.py --runs results/offline_study/runs --experiment offline_study --out results
+
+writes offline_study.{md,csv,tex}, offline_study_curves.{png,pdf} (validation score against steps, one line per
+method at its selected learning rate, the seeds' range as a band) and offline_study_params.{png,pdf} (score at
+the budget against trainable parameters, with 95 % bootstrap intervals). Everything is computed from whatever
+records have completed; the cells still missing are listed. Selection looks at the holdout scores only.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "scripts")]
+
+from plot_results import MARKERS, METHOD_LABELS, TASK_LABELS  # noqa: E402
+
+from lopa.records import atomic_write  # noqa: E402
+from lopa.study import (  # noqa: E402
+    PAPER,
+    ZERO_SHOT,
+    Cell,
+    budget_step,
+    completed,
+    correct_matrix,
+    curve,
+    format_factor,
+    paired_bootstrap,
+    plan,
+    score,
+    selection_for,
+)
+
+BOOTSTRAP_METRICS = ("accuracy", "f1")
+
+
+@dataclass
+class Row:
+    """One line of the table: a method (or an ablation of one) on a task, at one learning rate."""
+
+    task: str
+    method: str
+    variant: str
+    lr_factor: float | None = None
+    lr: float | None = None
+    grid: dict = field(default_factory=dict)  # lr_factor -> best holdout score (selection seed)
+    budget: int | None = None
+    records: list[dict] = field(default_factory=list)  # completed seeds, in seed order
+    params: int | None = None
+    how: str = ""  # how the learning rate was set
+
+    @property
+    def label(self) -> str:
+        name = METHOD_LABELS.get(self.method, self.method)
+        return name if self.variant == PAPER else f"{name} ({self.variant.replace('_', ' ')})"
+
+    def scores(self, metric: str) -> list[float]:
+        values = []
+        for record in self.records:
+            evaluation = next((e for e in record["evaluations"] if e["step"] == self.budget), None)
+            if evaluation is not None and metric in evaluation:
+                values.append(100 * evaluation[metric])
+        return values
+
+    def steps(self) -> list[int]:
+        return [self.budget] * len(self.records)
+
+
+def metrics_of(task: str) -> list[str]:
+    return ["accuracy", "f1"] if task.endswith("mrpc") else ["accuracy"]
+
+
+def row_for(records: dict, study: dict, task: str, method: str, variant: str, factor: float | None, how: str) -> Row:
+    """The row of `method`/`variant` at `factor`: its budget from the selection seed's holdout curve."""
+    row = Row(task, method, variant, factor, how=how)
+    if factor is None:
+        return row
+    seed_records = [completed(records, Cell(task, method, variant, factor, seed)) for seed in study["seeds"]]
+    row.records = [r for r in seed_records if r is not None]
+    selector = completed(records, Cell(task, method, variant, factor, study["selection_seed"]))
+    if selector is not None:
+        metric = selector["primary_metric"]
+        row.budget = (0 if method == ZERO_SHOT else budget_step(curve(selector, metric, "holdout"),
+                                                                 study["budget_tolerance"]))
+        row.lr = selector["config"]["trainer"]["lr"]
+    if row.records:
+        row.params = row.records[0]["parameters"]["trainable"]
+    return row
+
+
+def build_rows(records: dict, study: dict) -> list[Row]:
+    rows = []
+    for task in study["tasks"]:
+        rows.append(row_for(records, study, task, ZERO_SHOT, PAPER, 1, "none (evaluation only)"))
+        selections = {}
+        for method in study["core_methods"]:
+            selections[method] = chosen = selection_for(records, study, task, method)
+            row = row_for(records, study, task, method, PAPER, chosen.lr_factor if chosen else None,
+                          "selected on the holdout")
+            if chosen:
+                row.grid = chosen.holdout_scores
+            else:  # selection not complete: show what there is of the grid
+                for factor in study["lr_factors"]:
+                    done = completed(records, Cell(task, method, PAPER, factor, study["selection_seed"]))
+                    if done:
+                        row.grid[factor] = max(s for _, s in curve(done, done["primary_metric"], "holdout"))
+            rows.append(row)
+        for method, variants in (study.get("ablations") or {}).items():
+            chosen = selections.get(method)
+            for variant in variants:
+                rows.append(row_for(records, study, task, method, variant, chosen.lr_factor if chosen else None,
+                                    f"{METHOD_LABELS.get(method, method)}'s selected"))
+        for method in study.get("seed_methods") or []:
+            rows.append(row_for(records, study, task, method, PAPER, 1, "paper value (not selected)"))
+    return rows
+
+
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def format_score(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    if mean is None:
+        return "–"
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
+def format_grid(row: Row) -> str:
+    if not row.grid:
+        return "–"
+    return ", ".join(f"×{format_factor(f)}: {100 * s:.1f}" for f, s in sorted(row.grid.items()))
+
+
+def score_interval(row: Row, metric: str, samples: int) -> tuple[float, float] | None:
+    """95 % bootstrap interval of the row's mean score over seeds (examples resampled)."""
+    if not row.records or metric not in BOOTSTRAP_METRICS or row.budget is None:
+        return None
+    predictions, labels = correct_matrix(row.records, row.steps())
+    rng = np.random.default_rng(0)
+    draws = [score(predictions[:, i], labels[i], metric).mean()
+             for i in (rng.integers(0, len(labels), len(labels)) for _ in range(samples))]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return 100 * low, 100 * high
+
+
+def comparisons(rows: list[Row], study: dict) -> list[dict]:
+    """Paired bootstrap of the study's method differences, per task and metric, over the seeds both have."""
+    by_key = {(r.task, r.method): r for r in rows if r.variant == PAPER}
+    results = []
+    for task in study["tasks"]:
+        for a_name, b_name in study["comparisons"]:
+            a, b = by_key.get((task, a_name)), by_key.get((task, b_name))
+            for metric in metrics_of(task):
+                result = {"task": task, "a": a_name, "b": b_name, "metric": metric}
+                if a and b and a.records and b.records and a.budget is not None and b.budget is not None:
+                    seeds = sorted({r["seed"] for r in a.records} & {r["seed"] for r in b.records})
+                    a_runs = [r for r in a.records if r["seed"] in seeds]
+                    b_runs = [r for r in b.records if r["seed"] in seeds]
+                    if seeds:
+                        result.update(paired_bootstrap(a_runs, [a.budget] * len(seeds), b_runs,
+                                                       [b.budget] * len(seeds), metric, study["bootstrap_samples"]))
+                results.append(result)
+    return results
+
+
+def majority_rate(rows: list[Row], task: str) -> float | None:
+    for row in rows:
+        if row.task == task and row.records and "eval_labels" in row.records[0]:
+            labels = row.records[0]["eval_labels"]
+            return 100 * max(labels.count(c) for c in set(labels)) / len(labels)
+    return None
+
+
+def separable(rows: list[Row], task: str, margin: float = 2.0) -> bool | None:
+    """Whether full FT beats the majority class by more than `margin` points: if not, the task cannot rank methods."""
+    full = next((r for r in rows if r.task == task and r.method == "full_ft" and r.variant == PAPER), None)
+    majority = majority_rate(rows, task)
+    if full is None or not full.scores("accuracy") or majority is None:
+        return None
+    return statistics.mean(full.scores("accuracy")) > majority + margin
+
+
+def frame(rows: list[Row], comps: list[dict]) -> pd.DataFrame:
+    lines = []
+    for row in rows:
+        for metric in metrics_of(row.task):
+            values = row.scores(metric)
+            mean, std = mean_std(values)
+            lines.append({"kind": "score", "task": row.task.split("/")[-1], "method": row.method, "variant": row.variant,
+                          "metric": metric, "mean": mean, "std": std, "n_seeds": len(values),
+                          "seeds": " ".join(str(r["seed"]) for r in row.records), "lr": row.lr,
+                          "lr_factor": row.lr_factor, "lr_grid": format_grid(row), "lr_rule": row.how,
+                          "budget_steps": row.budget, "trainable_params": row.params})
+    for comp in comps:
+        lines.append({"kind": "difference", "task": comp["task"].split("/")[-1], "method": f"{comp['a']}-{comp['b']}",
+                      "variant": PAPER, "metric": comp["metric"],
+                      "mean": 100 * comp["diff"] if "diff" in comp else None,
+                      "ci_low": 100 * comp["low"] if "low" in comp else None,
+                      "ci_high": 100 * comp["high"] if "high" in comp else None, "n_seeds": comp.get("seeds", 0)})
+    return pd.DataFrame(lines)
+
+
+def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict, records: dict, command: str) -> str:
+    done = [r for r in records.values() if r.get("status") == "completed"]
+    commits = sorted({str(r.get("git_commit"))[:7] for r in done})
+    hours = sum(r.get("wall_time_s", 0) for r in done) / 3600
+    machines = sorted({f"{r['machine'].get('hostname')} ({r['machine'].get('cpu_count')} CPU cores, torch "
+                       f"{r['machine'].get('torch')})" for r in done if r.get("machine")})
+    first = done[0]["config"] if done else {}
+    trainer = first.get("trainer", {})
+    out = ["# offline_study", "",
+           f"Made by `{command}` from {len(done)} completed run records ({hours:.1f} CPU-hours of wall time) on "
+           f"{', '.join(machines) or '–'}; code at commit(s) {', '.join(commits) or '–'}.", "",
+           f"Protocol (configs/experiment/offline_study.yaml): {first.get('model', {}).get('name', '?')} with "
+           f"{first.get('encoder', {}).get('name', '?')} as instance encoder; batch {trainer.get('batch_size')}, "
+           f"horizon {trainer.get('max_steps')} steps, evaluation every {trainer.get('eval_every')} steps on the "
+           f"validation split (reported) and on {first.get('eval', {}).get('holdout')} training examples held out "
+           f"from training (selection). Learning rate = the method's paper value × a factor in "
+           f"{{{', '.join(format_factor(f) for f in study['lr_factors'])}}}, picked by the best holdout score of seed "
+           f"{study['selection_seed']}; the step budget is the first evaluation of that run within "
+           f"{100 * study['budget_tolerance']:g} point(s) of its best holdout score, and the score reported is the "
+           f"validation score at that step (not the best validation step), mean ± std over seeds "
+           f"{', '.join(map(str, study['seeds']))}. Intervals: 95 % bootstrap over validation examples "
+           f"({study['bootstrap_samples']} resamples), paired by seed and example for differences.", ""]
+    for task in study["tasks"]:
+        name = TASK_LABELS.get(task.split("/")[-1], task)
+        majority = majority_rate(rows, task)
+        verdict = separable(rows, task)
+        out += [f"## {name}", ""]
+        if majority is not None:
+            note = {True: "full FT is clear of it, so the task can rank methods",
+                    False: "**full FT does not beat it by more than 2 points: this task does not rank methods here**",
+                    None: "full FT not yet run"}[verdict]
+            out += [f"Majority class: {majority:.2f} %; {note}.", ""]
+        metrics = metrics_of(task)
+        head = ["method", "params", "LR rule", "LR grid (holdout best, %)", "LR", "budget (steps)", "seeds",
+                *[f"{m} (val., %)" for m in metrics], f"95 % CI of {metrics[0]}"]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for row in (r for r in rows if r.task == task):
+            interval = score_interval(row, metrics[0], study["bootstrap_samples"])
+            out.append("| " + " | ".join([
+                row.label, f"{row.params:,}" if row.params is not None else "–", row.how, format_grid(row),
+                f"{row.lr:g}" if row.lr else "–", str(row.budget) if row.budget is not None else "–",
+                " ".join(str(r["seed"]) for r in row.records) or "–",
+                *[format_score(row.scores(m)) for m in metrics],
+                f"[{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "–"]) + " |")
+        out += ["", "| difference | metric | mean (points) | 95 % CI | seeds | examples |", "|---|---|---|---|---|---|"]
+        for comp in (c for c in comps if c["task"] == task):
+            label = f"{METHOD_LABELS.get(comp['a'])} − {METHOD_LABELS.get(comp['b'])}"
+            if "diff" in comp:
+                out.append(f"| {label} | {comp['metric']} | {100 * comp['diff']:+.2f} | "
+                           f"[{100 * comp['low']:+.2f}, {100 * comp['high']:+.2f}] | {comp['seeds']} | {comp['examples']} |")
+            else:
+                out.append(f"| {label} | {comp['metric']} | – | – | 0 | – |")
+        out.append("")
+    scales = [(r["method"], r["config"].get("variant"), r["prompt_scale"]) for r in done if r.get("prompt_scale")]
+    if scales:
+        out += ["## Prompt scale", "", "Mean row norm of the shared prompt (PT's table, LoPA's Z_S) at the start and end "
+                "of training, beside the FM's token embeddings' (recorded by every run).", "",
+                "| method | variant | runs | initial prompt row norm | final | token embedding row norm |",
+                "|---|---|---|---|---|---|"]
+        grouped = defaultdict(list)
+        for method, variant, scale in scales:
+            grouped[(method, variant)].append(scale)
+        for (method, variant), group in sorted(grouped.items()):
+            out.append(f"| {METHOD_LABELS.get(method, method)} | {variant} | {len(group)} | "
+                       f"{statistics.mean(s['initial']['prompt_row_norm'] for s in group):.2f} | "
+                       f"{statistics.mean(s['final']['prompt_row_norm'] for s in group):.2f} | "
+                       f"{group[0]['initial']['token_embedding_row_norm']:.2f} |")
+        out.append("")
+    out += ["## Missing cells", ""]
+    out += [f"- {line}" for line in missing] or ["none"]
+    return "\n".join(out) + "\n"
+
+
+def latex(frame_: pd.DataFrame) -> str:
+    scores = frame_[frame_.kind == "score"]
+    out = [r"\begin{tabular}{llllrrl}", r"\toprule", r"task & method & variant & metric & LR & budget & score \\",
+           r"\midrule"]
+    for _, r in scores.iterrows():
+        value = "--" if pd.isna(r["mean"]) else (f"{r['mean']:.2f}" + ("" if pd.isna(r["std"]) else f" $\\pm$ {r['std']:.2f}"))
+        lr = "--" if pd.isna(r["lr"]) else f"{r['lr']:g}"
+        budget = "--" if pd.isna(r["budget_steps"]) else str(int(r["budget_steps"]))
+        out.append(f"{r['task']} & {r['method'].replace('_', ' ')} & {r['variant'].replace('_', ' ')} & {r['metric']} & "
+                   f"{lr} & {budget} & {value} \\\\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{stem}.{ext}"
+        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150))
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def plot_curves(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
+    tasks = study["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for row in (r for r in rows if r.task == task and r.variant == PAPER and r.records and r.method != ZERO_SHOT):
+            metric = row.records[0]["primary_metric"]
+            curves = [dict(curve(r, metric)) for r in row.records]
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            values = np.array([[100 * c[s] for s in steps] for c in curves])
+            line, = ax.plot(steps, values.mean(0), marker=MARKERS.get(row.method, "o"), markersize=3,
+                            label=f"{row.label} (lr {row.lr:g})")
+            if len(curves) > 1:
+                ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+            if row.budget is not None:
+                ax.axvline(row.budget, color=line.get_color(), linestyle=":", linewidth=0.8)
+        zero = next((r for r in rows if r.task == task and r.method == ZERO_SHOT and r.records), None)
+        if zero:
+            ax.axhline(100 * zero.records[0]["evaluations"][0]["accuracy"], color="grey", linestyle="--", label="zero-shot")
+        ax.set_title(TASK_LABELS.get(task.split("/")[-1], task))
+        ax.set_xlabel("optimiser step")
+        ax.set_ylabel("validation score (%)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.12))
+    fig.suptitle("Offline study: learning curves (seeds' range as band, dotted: step budget)", fontsize=9)
+    return save(fig, out_dir, "offline_study_curves")
+
+
+def plot_params(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
+    tasks = study["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        metric = metrics_of(task)[0]
+        for row in (r for r in rows if r.task == task and r.records and r.budget is not None):
+            mean = statistics.mean(row.scores(metric))
+            interval = score_interval(row, metric, study["bootstrap_samples"])
+            x = max(row.params or 0, 1)
+            ax.errorbar([x], [mean], yerr=[[mean - interval[0]], [interval[1] - mean]] if interval else None,
+                        marker=MARKERS.get(row.method, "o"), capsize=3, linestyle="none", label=row.label)
+        ax.set_xscale("log")
+        ax.set_title(TASK_LABELS.get(task.split("/")[-1], task))
+        ax.set_xlabel("trainable parameters (zero-shot at 1)")
+        ax.set_ylabel(f"validation {metric} (%)")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.16))
+    fig.suptitle("Offline study: score at the step budget against trainable parameters (95 % bootstrap CI)", fontsize=9)
+    return save(fig, out_dir, "offline_study_params")
+
+
+def write_report(records: dict, out_dir: Path, command: str, figures: bool = True) -> list[Path]:
+    """Table, CSV, LaTeX and figures of the study in `out_dir`; returns the written paths."""
+    first = next((r for r in records.values() if r.get("config", {}).get("study")), None)
+    if first is None:
+        raise ValueError("no record carries the study protocol (config.study)")
+    study = first["config"]["study"]
+    rows = build_rows(records, study)
+    comps = comparisons(rows, study)
+    missing = []
+    for cell, why in plan(study, records):
+        if cell is None:
+            missing.append(f"waiting: {why}")
+        elif not completed(records, cell):
+            state = (records.get(cell.run_name) or {}).get("status", "not run")
+            missing.append(f"{state}: {cell.run_name} ({why})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = frame(rows, comps)
+    paths = [out_dir / f"offline_study.{ext}" for ext in ("md", "csv", "tex")]
+    atomic_write(paths[0], lambda tmp: tmp.write_text(markdown(rows, comps, missing, study, records, command)))
+    atomic_write(paths[1], lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(paths[2], lambda tmp: tmp.write_text(latex(table)))
+    if figures:
+        paths += plot_curves(rows, study, out_dir) + plot_params(rows, study, out_dir)
+    return paths

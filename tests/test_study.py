@@ -1,0 +1,140 @@
+"""The offline study (issue 12): held-out slice, selection, paired bootstrap, resumable cells and the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+from lopa.data import split_holdout
+from lopa.errors import ConfigError
+from lopa.study import Cell, budget_step, paired_bootstrap, score, select
+from tests.conftest import REPO, write_glue_fixture
+
+TINY = ["model=tiny-llama", "encoder=tiny-bert", "trainer.checkpoint_every=2", "eval.holdout=6",
+        "trainer.mixed_precision=no"]
+SMALL_PROTOCOL = ["study.tasks=[glue/sst2]", "study.core_methods=[prompt_tuning,lopa]", "study.lr_factors=[1,10]",
+                  "study.seeds=[1,2]", "~study.ablations", "study.seed_methods=[]",
+                  "study.comparisons=[[lopa,prompt_tuning]]", "study.bootstrap_samples=200"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_holdout_is_fixed_disjoint_and_keeps_the_training_order():
+    rows = [{"idx": i} for i in range(50)]
+    train, held = split_holdout(rows, 10)
+    assert len(held) == 10 and len(train) == 40
+    assert {r["idx"] for r in train}.isdisjoint(r["idx"] for r in held)
+    assert [r["idx"] for r in train] == sorted(r["idx"] for r in train)
+    assert split_holdout(rows, 10) == (train, held)  # independent of any global RNG state
+    with pytest.raises(ConfigError, match="eval.holdout=50 leaves nothing"):
+        split_holdout(rows, 50)
+
+
+def record(holdout: list[float], lr: float = 1e-3, predictions: list[list[int]] | None = None, seed: int = 1) -> dict:
+    steps = [100 * (i + 1) for i in range(len(holdout))]
+    evaluations = [{"step": s, "accuracy": h, "holdout": {"accuracy": h}} for s, h in zip(steps, holdout)]
+    for evaluation, prediction in zip(evaluations, predictions or []):
+        evaluation["predictions"] = prediction
+    return {"status": "completed", "primary_metric": "accuracy", "config": {"trainer": {"lr": lr}},
+            "evaluations": evaluations, "eval_labels": [0, 1, 1, 0, 1, 0, 1, 1], "seed": seed, "run_name": f"r{seed}"}
+
+
+def test_selection_takes_the_best_holdout_factor_and_the_first_step_of_its_plateau():
+    runs = {0.1: record([0.50, 0.60, 0.61], 1e-4), 1: record([0.70, 0.795, 0.80, 0.78], 1e-3), 10: record([0.5], 1e-2)}
+    chosen = select(runs, "accuracy", tolerance=0.01)
+    assert (chosen.lr_factor, chosen.lr, chosen.budget) == (1, 1e-3, 200)
+    assert chosen.holdout_scores == {0.1: 0.61, 1: 0.80, 10: 0.5}
+    assert budget_step([(100, 0.5), (200, 0.9), (300, 0.6)], 0.0) == 200
+    assert select({**runs, 10: {**runs[10], "status": "failed"}}, "accuracy", 0.01) is None
+
+
+def test_scores_match_sklearn_and_the_paired_bootstrap_brackets_the_difference():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    predictions = np.where(rng.random(400) < 0.8, labels, 1 - labels)
+    assert score(predictions, labels, "f1") == pytest.approx(f1_score(labels, predictions))
+    assert score(predictions, labels, "accuracy") == pytest.approx((predictions == labels).mean())
+
+    def runs(correct_rate: float, seeds: int) -> list[dict]:
+        out = []
+        for seed in range(seeds):
+            right = np.random.default_rng(seed + int(100 * correct_rate)).random(400) < correct_rate
+            out.append({"run_name": f"s{seed}", "eval_labels": labels.tolist(),
+                        "evaluations": [{"step": 5, "predictions": np.where(right, labels, 1 - labels).tolist()}]})
+        return out
+
+    same = runs(0.7, 2)
+    tie = paired_bootstrap(same, [5, 5], same, [5, 5], "accuracy", samples=300)
+    assert tie["diff"] == 0 and tie["low"] == 0 and tie["high"] == 0
+    better = paired_bootstrap(runs(0.9, 3), [5] * 3, runs(0.6, 3), [5] * 3, "accuracy", samples=300)
+    assert 0 < better["low"] < better["diff"] < better["high"] and better["diff"] == pytest.approx(0.3, abs=0.06)
+    assert (better["seeds"], better["examples"]) == (3, 400)
+
+
+def test_cell_names_are_the_experiments_run_names():
+    cell = Cell("glue/sst2", "lopa", "init_vocab", 0.1, 2)
+    assert cell.run_name == "lopa-init_vocab-sst2-lrx0.1-s2"
+    assert cell.overrides() == ["task=glue/sst2", "method=lopa", "lr_factor=0.1", "seed=2", "+ablation=init_vocab"]
+
+
+def test_one_cell_sweep_runs_records_the_study_and_a_relaunch_skips_it(tmp_path):
+    data = write_glue_fixture(tmp_path / "data", "sst2", train_rows=30, eval_rows=10)
+    sweep = tmp_path / "runs"
+    command = ["run.py", "-m", "experiment=offline_study", "task=glue/sst2", "method=lopa", "lr_factor=1", "seed=1",
+               *TINY, f"data_dir={data}", f"hydra.sweep.dir={sweep}", "trainer.max_steps=3", "trainer.eval_every=3"]
+    first = run(*command)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = sweep / "lopa-paper-sst2-lrx1-s1"
+    result = json.loads((run_dir / "results.json").read_text())
+    assert result["status"] == "completed" and result["steps"] == 3
+    assert (result["num_train_examples"], result["num_holdout_examples"]) == (24, 6)
+    evaluation = result["evaluations"][-1]
+    assert evaluation["holdout"]["num_examples"] == 6 and len(evaluation["predictions"]) == 10
+    assert result["eval_labels"] == [i % 2 for i in range(10)]
+    assert result["prompt_scale"]["initial"]["prompt_row_norm"] > 0
+    assert result["config"]["trainer"]["lr"] == pytest.approx(result["config"]["method"]["lr"])
+    mtime = (run_dir / "results.json").stat().st_mtime_ns
+
+    again = run(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "lopa-paper-sst2-lrx1-s1: skipped, already completed" in again.stdout
+    assert (run_dir / "results.json").stat().st_mtime_ns == mtime
+
+    changed = run(*command[:-2], "trainer.max_steps=4", "trainer.eval_every=4")
+    assert changed.returncode == 1 and "completed run of another config (trainer.eval_every 3 -> 4" in changed.stderr
+    assert (run_dir / "results.json").stat().st_mtime_ns == mtime
+
+
+def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(tmp_path):
+    data = write_glue_fixture(tmp_path / "data", "sst2", train_rows=30, eval_rows=10)
+    runs = tmp_path / "runs"
+    out = run("scripts/offline_study.py", "run", "--runs", str(runs), "--data-dir", str(data), "--", *TINY,
+              "trainer.max_steps=4", "trainer.eval_every=2", *SMALL_PROTOCOL)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    names = sorted(path.parent.name for path in runs.glob("*/results.json"))
+    selected = {name.split("-lrx")[1].split("-")[0] for name in names if name.startswith("lopa") and name.endswith("s2")}
+    assert len(names) == 7 and len(selected) == 1  # zero-shot, 2 methods x 2 factors, then seed 2 at the choice
+    assert not any(runs.glob("*/checkpoints"))  # completed cells keep no checkpoint
+
+    plan = run("scripts/offline_study.py", "plan", "--runs", str(runs), "--", *SMALL_PROTOCOL)
+    assert "7 done, 0 pending, 0 waiting" in plan.stdout
+
+    report = tmp_path / "report"
+    collected = run("scripts/collect_results.py", "--runs", str(runs), "--experiment", "offline_study", "--out", str(report))
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    markdown = (report / "offline_study.md").read_text()
+    assert "| LoPA − PT | accuracy |" in markdown and "×1: " in markdown and "×10: " in markdown
+    assert "## Missing cells\n\nnone" in markdown
+    table = pd.read_csv(report / "offline_study.csv")
+    lopa = table[(table.kind == "score") & (table.method == "lopa")].iloc[0]
+    assert lopa.n_seeds == 2 and lopa.seeds == "1 2" and lopa.budget_steps in (2, 4)
+    for name in ("offline_study.tex", "offline_study_curves.png", "offline_study_params.png"):
+        assert (report / name).stat().st_size > 0
