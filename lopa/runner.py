@@ -60,6 +60,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"missing required config values: {', '.join(missing)} (set them on the command line)")
     validate_values(cfg)
     check_choice("mode", cfg.mode, MODES)
+    preset_methods = cfg.get("preset_methods")
+    if preset_methods and cfg.method.name not in preset_methods:
+        raise ConfigError(f"+preset={cfg.preset} is written for method={', '.join(preset_methods)}, not "
+                          f"method={cfg.method.name} (drop the preset or pick that method)")
     trains = method_class(cfg.method.name).trains
     if cfg.mode == "train" and not trains:
         raise ConfigError(f"method={cfg.method.name} has nothing to train: run it with mode=evaluate")

@@ -75,3 +75,31 @@ def test_trainable_encoder_moves_and_is_not_cached(glue_data):
     assert model.method.instance_encoder.training is False
     model.train()
     assert model.method.instance_encoder.training is True  # dropout on while the encoder trains
+
+
+def test_glue_table_lists_what_each_swept_method_runs_with():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        base = compose(config_name="config", overrides=["experiment=glue_table"], return_hydra_config=True)
+    swept = base.hydra.sweeper.params.method.split(",")
+    assert sorted(base.method_settings) == sorted(swept)
+    for method in swept:
+        job = compose_config("experiment=glue_table", f"method={method}")
+        listed = job.method_settings[method]
+        assert (job.preset, job.trainer.lr, job.trainer.batch_size, job.trainer.max_grad_norm) == (
+            listed.preset, listed.lr, listed.batch_size, listed.max_grad_norm), method
+        assert set(listed.sources) == {"lr", "batch_size", "max_grad_norm"}
+
+
+@pytest.mark.parametrize("preset, method", [("lopa_nlu_head", "prompt_tuning"), ("idpg_official", "lopa"),
+                                            ("pt_official", "lora")])
+def test_a_preset_is_refused_with_a_method_it_was_not_written_for(preset, method):
+    from lopa.errors import ConfigError
+    from lopa.runner import check_config
+
+    cfg = compose_config(f"method={method}", f"+preset={preset}", "model=tiny-llama", "encoder=tiny-bert")
+    with pytest.raises(ConfigError, match=f"\\+preset={preset} is written for method=.*not method={method}"):
+        check_config(cfg)
