@@ -39,7 +39,7 @@ CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # Config sections a resumed run must share with its checkpoint (length, cadence and logging may change).
 MUST_MATCH = ("method", "model", "task", "encoder", "seed")
 TRAINER_MAY_CHANGE = {"resume", "checkpoint_every", "keep_checkpoints", "max_steps", "epochs", "eval_every",
-                      "log_every", "num_workers", "save_weights"}
+                      "log_every", "num_workers", "save_weights", "allow_schedule_change"}
 
 
 class EpochShuffle(Sampler[int]):
@@ -68,6 +68,7 @@ class TrainState:
     batch_in_epoch: int = 0  # loader batches of `epoch` this process has consumed
     running_loss: float = 0.0  # loss sum and count since the last logged loss
     running_count: int = 0
+    schedule: dict | None = None  # {"name", "steps", "warmup"} of the learning-rate schedule this run trains under
 
 
 def rng_states() -> dict:

@@ -248,6 +248,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             if cfg.trainer.save_weights and accelerator.is_main_process:
                 save_trained(accelerator.unwrap_model(model), weights_dir, {**weights_config, "evaluation": evaluation})
 
+        # Each process its own random stream from here on (dropout, sampling): seed + rank, so one process is unchanged.
+        set_seed(cfg.seed, device_specific=True)
         outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=save_best,
                         checkpointer=checkpointer, resume_from=resume_from, holdout_loader=holdout_loader,
                         keep_predictions=keep_predictions)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from lopa.checkpointing import Checkpointer, StopOnSigterm, TrainState
-from lopa.errors import check_choice
+from lopa.errors import ConfigError, check_choice
 from lopa.soft_prompt import TunedModel
 from lopa.tasks.base import Task
 
@@ -60,6 +60,17 @@ def mean_over_processes(accelerator: Accelerator, loss_sum: float, count: int) -
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
     return (totals[0] / totals[1]).item()
+
+
+def schedule_jump(saved: dict | None, current: dict, from_step: int) -> int | None:
+    """The first step >= from_step at which the current schedule's learning-rate multiplier differs from the one the
+    checkpoint trained under (None: they agree on every step both cover, e.g. a constant rate after the same warm-up)."""
+    if not saved or saved == current:
+        return None
+    old, new = (get_scheduler(s["name"], torch.optim.SGD([torch.zeros(1)], lr=1.0), num_warmup_steps=s["warmup"],
+                              num_training_steps=s["steps"]).lr_lambdas[0] for s in (saved, current))
+    return next((step for step in range(from_step, min(saved["steps"], current["steps"]) + 1)
+                 if not math.isclose(old(step), new(step), rel_tol=1e-9, abs_tol=1e-12)), None)
 
 
 def evaluation(task: Task, model, eval_loader: DataLoader, accelerator: Accelerator,
@@ -129,6 +140,14 @@ def train(
         outcome = TrainingOutcome(**progress, resumed_from=str(resume_from), last_checkpoint=str(resume_from))
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, state.step, state.epoch,
                  state.batch_in_epoch)
+    schedule = {"name": cfg.scheduler, "steps": steps, "warmup": warmup}
+    jump = schedule_jump(state.schedule, schedule, state.step) if resume_from is not None else None
+    if jump is not None and not cfg.get("allow_schedule_change", False):
+        old = state.schedule
+        raise ConfigError(f"resuming {resume_from} under another learning-rate schedule ({old['name']}, {old['steps']} "
+                          f"steps, {old['warmup']} warm-up -> {cfg.scheduler}, {steps}, {warmup}) changes the rate from "
+                          f"step {jump} on: keep trainer.max_steps/epochs, or set trainer.allow_schedule_change=true")
+    state.schedule = schedule
     outcome.steps = state.step
     metric = task.primary_metric
     select_best = task.selects_best_evaluation

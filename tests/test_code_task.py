@@ -105,3 +105,21 @@ def test_loss_is_on_answer_tokens_only():
     expected = sum(sum(t != -100 for t in e["target_ids"]) for e in examples[:2])
     assert logits.shape[0] == targets.shape[0] == expected
     assert torch.isfinite(logits).all()
+
+
+def test_generation_runs_under_the_runs_mixed_precision():
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier test's Accelerator would pin "no"
+    model, task, _ = build(SHARED_DATA, "model=tiny-llama", "method=prompt_tuning", "task=code/cruxeval_o",
+                           "task.generation.do_sample=false", "task.generation.max_new_tokens=2", "trainer.train_limit=4")
+    examples = [task.encode(row, i, "eval") for i, row in enumerate(task.load("eval", limit=2))]
+    seen = []
+    hook = model.fm.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+    try:
+        task.generate(model, task.dataloader(examples, 2, shuffle=False), Accelerator(cpu=True, mixed_precision="bf16"))
+    finally:
+        hook.remove()
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert seen and all(seen)  # every decoding step under bf16 autocast

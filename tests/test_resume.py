@@ -135,7 +135,26 @@ def test_resuming_with_another_config_names_the_differing_keys():
     saved = {"method": {"name": "lopa", "rank": 4}, "seed": 1, "num_processes": 1,
              "trainer": {"batch_size": 4, "max_steps": 8, "resume": "auto", "lr": 0.001}}
     longer = {**saved, "trainer": {**saved["trainer"], "max_steps": 20, "resume": True}}
-    assert config_mismatches(saved, longer) == []  # training longer, or asking to resume, is fine
+    assert config_mismatches(saved, longer) == []  # training longer is no config mismatch; the trainer checks the schedule
     other = {**saved, "method": {"name": "lopa", "rank": 2}, "num_processes": 2,
              "trainer": {**saved["trainer"], "batch_size": 2}}
     assert config_mismatches(saved, other) == ["method.rank", "num_processes", "trainer.batch_size"]
+
+
+@pytest.mark.parametrize("scheduler, allow, refused", [("linear", False, True), ("linear", True, False),
+                                                       ("constant", False, False)])
+def test_a_longer_resume_refuses_a_learning_rate_jump_unless_allowed(tmp_path, scheduler, allow, refused):
+    data = write_glue_fixture(tmp_path / "data", "rte", train_rows=12, eval_rows=4)
+    run_dir = tmp_path / "run"
+    common = [f"trainer.scheduler={scheduler}", "trainer.warmup_steps=0"]
+    code, stderr = finish(start(run_args(data, run_dir, "trainer.max_steps=4", *common)))
+    assert code == 0, stderr[-2000:]
+    code, stderr = finish(start(run_args(data, run_dir, "trainer.max_steps=8", *common,
+                                         f"trainer.allow_schedule_change={str(allow).lower()}")))
+    if refused:  # linear over 4 steps ends at 0; over 8 steps it is at 0.5 at step 4
+        assert code == 2 and "changes the rate from step 4 on" in stderr and "allow_schedule_change=true" in stderr
+        assert stderr.strip().count("\n") == 0, stderr  # one line
+    else:
+        assert code == 0, stderr[-2000:]
+        result = record(run_dir)
+        assert result["steps"] == 8 and result["resumed_from"].endswith("step-000004")

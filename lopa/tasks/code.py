@@ -147,16 +147,17 @@ class CodeGenerationTask(Task):
         max_new_tokens = settings.pop("max_new_tokens") - (unwrapped.num_virtual_tokens if self.cfg.new_tokens_include_prompt else 0)
         records = []
         for batch in tqdm(loader, desc="generate", disable=not accelerator.is_local_main_process, leave=False):
-            output = unwrapped.generate(
-                batch,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=num_samples,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                stop_strings=list(stops) or None,
-                tokenizer=self.tokenizer,
-                **settings,
-            )
+            with accelerator.autocast():  # the run's precision (trainer.mixed_precision), as in training and scoring
+                output = unwrapped.generate(
+                    batch,
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=num_samples,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    stop_strings=list(stops) or None,
+                    tokenizer=self.tokenizer,
+                    **settings,
+                )
             texts = self.tokenizer.batch_decode(output, skip_special_tokens=True)
             batch_records = [
                 {"example_key": key, "samples": [cp.truncate_at_stops(t, stops) for t in texts[i * num_samples:(i + 1) * num_samples]]}
