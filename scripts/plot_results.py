@@ -24,7 +24,7 @@ METHOD_LABELS = {"zero_shot": "none", "full_ft": "full FT", "lora": "LoRA", "pro
                  "lowrank_prompt": "low-rank PT", "residual_prompt": "residual PT"}  # paper order first
 MARKERS = {"zero_shot": "x", "full_ft": "s", "lora": "D", "prompt_tuning": "v", "idpg": "^", "lopa": "o",
            "accept": "P", "dept": "*", "lowrank_prompt": "<", "residual_prompt": ">"}
-TASK_LABELS = {"sst2": "SST-2", "mnli": "MNLI", "mrpc": "MRPC", "qnli": "QNLI", "qqp": "QQP", "rte": "RTE",
+TASK_LABELS = {"sst2": "SST-2", "mnli": "MNLI", "mnli_mm": "MNLI-mm", "cola": "CoLA", "mrpc": "MRPC", "qnli": "QNLI", "qqp": "QQP", "rte": "RTE",
                "cruxeval_i": "CruxEval-I", "cruxeval_o": "CruxEval-O", "mbpp": "MBPP", "humaneval": "HumanEval"}
 FIXED = ("experiment", "model", "task", "method", "prompt_length", "rank", "metric", "mean", "std", "n_seeds",
          "seeds", "n_failed", "n_missing", "trainable_params", "paper", "diff")

@@ -34,7 +34,7 @@ def sentence(rng: random.Random, length: int) -> str:
 def write_glue_fixture(root: Path, task: str = "rte", train_rows: int = 24, eval_rows: int = 12, seed: int = 0) -> Path:
     """Random two-sentence (or one-sentence for sst2) rows in the ../shared/data layout."""
     rng = random.Random(seed)
-    fields = ["sentence"] if task == "sst2" else ["sentence1", "sentence2"]
+    fields = ["sentence"] if task in ("sst2", "cola") else ["sentence1", "sentence2"]
     for split, count in (("train", train_rows), ("validation", eval_rows)):
         path = root / task / f"{split}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -77,3 +77,17 @@ def test_metrics_use_evaluate_key_names():
     metrics = compute_metrics(["accuracy", "f1"], [1, 0, 1, 1], [1, 0, 0, 1])
     assert metrics == pytest.approx({"accuracy": 0.75, "f1": 0.8})
     assert compute_metrics(["matthews_correlation"], [1, 0], [1, 0]) == {"matthews_correlation": 1.0}
+
+
+def test_mnli_mismatched_and_cola_are_tasks_of_their_own(tmp_path):
+    from lopa.runner import run
+    from tests.conftest import compose_config, write_glue_fixture
+
+    mismatched, matched = compose_config("task=glue/mnli_mm"), compose_config("task=glue/mnli")
+    assert (mismatched.task.name, mismatched.task.splits.eval) == ("mnli_mm", "validation_mismatched")
+    assert (matched.task.name, matched.task.splits.eval) == ("mnli", "validation_matched")
+    data = write_glue_fixture(tmp_path / "data", "cola", eval_rows=10)
+    cfg = compose_config("task=glue/cola", "method=zero_shot", "model=tiny-llama", f"data_dir={data}", "logger=none")
+    record = run(cfg, tmp_path / "run")
+    assert (record["task"], record["primary_metric"]) == ("cola", "matthews_correlation")
+    assert -1 <= record["best"]["matthews_correlation"] <= 1 and "accuracy" in record["best"]
