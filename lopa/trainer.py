@@ -32,7 +32,7 @@ class TrainingOutcome:
     evaluations: list[dict] = field(default_factory=list)  # {"step", "epoch", metrics...} per evaluation
     best: dict | None = None  # the evaluation with the best primary metric (the last one on a test split)
     steps: int = 0
-    train_losses: list[dict] = field(default_factory=list)  # {"step", "loss"} every log_every steps
+    train_losses: list[dict] = field(default_factory=list)  # {"step", "loss", "lr" (for the next step)} every log_every steps
     resumed_from: str | None = None  # the checkpoint this run continued from
     interrupted: bool = False  # stopped early by SIGTERM, after saving a checkpoint
     last_checkpoint: str | None = None
@@ -205,7 +205,7 @@ def train(
                 progress_bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == steps:
                     mean_loss = mean_over_processes(accelerator, state.running_loss, state.running_count)
-                    outcome.train_losses.append({"step": state.step, "loss": mean_loss})
+                    outcome.train_losses.append({"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
                     accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.step)
                     progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
                     log.info("step %d/%d: loss=%.4f lr=%.3g", state.step, steps, mean_loss, scheduler.get_last_lr()[0])

@@ -141,3 +141,15 @@ def test_rank_out_of_range_and_missing_encoder_are_config_errors(glue_data):
         build(glue_data, *TINY_LOPA, "method.rank=11")
     with pytest.raises(ConfigError, match="needs an instance encoder"):
         build(glue_data, "model=tiny-llama", "method=lopa", "~encoder")
+
+
+def test_gate_away_from_saturation_scales_each_entry_by_its_sigmoid(glue_data):
+    model, task, examples = build(glue_data, *TINY_LOPA)
+    generator = model.method.generator
+    model.eval()
+    batch = batch_of(task, examples[:3])
+    features = model.method.instance_features(batch)
+    prompt = model.method.prompt(batch)
+    gate = torch.sigmoid(generator.instance_matrix(features))
+    assert 0.05 < gate.min() and gate.max() < 0.95  # not saturated at the init
+    torch.testing.assert_close(prompt, generator.shared_prompt * gate)
