@@ -23,15 +23,14 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from lopa.errors import ConfigError
-    from lopa.records import ForeignRecordError, completed_record, failed_record, write_json
-    from lopa.runner import (  # heavy imports (torch, transformers) only once the config is valid
-        RESULTS_FILE,
-        run,
-    )
+    from lopa.records import RESULTS_FILE, ForeignRecordError, completed_record, failed_record, write_json
+    from lopa.schema import validate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     single_run = HydraConfig.get().mode.name == "RUN"
     try:
+        validate(cfg)  # the value table first: a bad number is one line before torch and transformers load
+        from lopa.runner import run
         done = completed_record(run_dir, OmegaConf.to_container(cfg, resolve=True)) if cfg.get("skip_completed") else None
         if done is not None:
             if is_main_rank():

@@ -8,13 +8,16 @@ import platform
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # torch loads only where weights are handled: a bad-input error line comes without it
+    import torch
 
 from lopa.errors import ConfigError
 
+RESULTS_FILE = "results.json"  # a run directory's record
 WEIGHTS_FILE = "trained.safetensors"
 WEIGHTS_CONFIG_FILE = "trained_config.json"
 
@@ -89,7 +92,7 @@ def completed_record(run_dir: Path, config: dict) -> dict | None:
     """The completed record in `run_dir` when it was made by this same config, None when there is none (or a failed
     or interrupted one: that run goes again, from its checkpoint). A completed record of another config is an
     error: relaunching a sweep into a directory of different runs must not silently keep their numbers."""
-    path = Path(run_dir) / "results.json"
+    path = Path(run_dir) / RESULTS_FILE
     if not path.is_file():
         return None
     try:
@@ -120,6 +123,8 @@ def git_commit(repo_dir: Path | None = None) -> str | None:
 
 
 def machine_info() -> dict:
+    import torch
+
     info = {
         "hostname": platform.node(),
         "platform": platform.platform(),
@@ -144,6 +149,8 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trained(model: torch.nn.Module, directory: Path, config: dict) -> None:
+    from safetensors.torch import save_file
+
     """Trained weights as safetensors plus a JSON config naming the method, model and task they belong to."""
     directory = Path(directory)
     state = trained_state(model)
@@ -157,6 +164,8 @@ def load_trained(model: torch.nn.Module, directory: Path) -> dict:
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ConfigError(f"checkpoint {str(directory)!r} does not exist or holds no {WEIGHTS_FILE}")
+    from safetensors.torch import load_file
+
     state = load_file(str(weights))
     expected = set(trained_state(model))
     if set(state) != expected:

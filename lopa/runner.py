@@ -23,7 +23,15 @@ from lopa.checkpointing import (
 from lopa.data import split_holdout
 from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
-from lopa.records import WEIGHTS_FILE, git_commit, load_trained, machine_info, save_trained, write_json
+from lopa.records import (
+    RESULTS_FILE,
+    WEIGHTS_FILE,
+    git_commit,
+    load_trained,
+    machine_info,
+    save_trained,
+    write_json,
+)
 from lopa.registry import method_class
 from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
@@ -33,7 +41,6 @@ from lopa.trainer import evaluation, train
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 MODES = ("train", "evaluate")
 INIT_TEXT_LIMIT = 2000  # training texts used for frequency-based prompt inits
 

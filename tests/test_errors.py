@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, write_glue_fixture
 
 BASE = ["model=tiny-llama", "encoder=tiny-bert", "method=prompt_tuning", "logger=none",
@@ -192,3 +194,14 @@ def _drive(spec_path: str) -> None:
 
 if __name__ == "__main__":
     _drive(sys.argv[1])
+
+
+@pytest.mark.parametrize("override", ["trainer.lr=NaN", "trainer.max_steps=-1", "seed=abc"])
+def test_a_bad_number_is_refused_before_torch_loads(override):
+    """The value table runs before the heavy imports, so the one error line comes in about a second."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "run.py", override, "logger=none"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    lines = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert not {"torch", "transformers"} & imported
