@@ -114,7 +114,8 @@ def test_killed_then_preempted_run_resumes_to_the_uninterrupted_result(tmp_path)
         for name in saved:
             assert torch.equal(saved[name], replayed[name]), (weights, name)
     state = json.loads((resumed_dir / final).parent.joinpath(STATE_FILE).read_text())
-    assert state["train_state"] == {"step": 8, "epoch": 2, "batch_in_epoch": 2, "running_loss": 0.0, "running_count": 0}
+    assert state["train_state"] == {"step": 8, "epoch": 2, "batch_in_epoch": 2, "running_loss": 0.0, "running_count": 0,
+                                    "schedule": {"name": "constant_with_warmup", "steps": STEPS, "warmup": 0}}
 
 
 @pytest.mark.parametrize("epoch", [0, 1, 5])
