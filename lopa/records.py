@@ -172,4 +172,24 @@ def load_trained(model: torch.nn.Module, directory: Path) -> dict:
         missing, unexpected = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
         raise ConfigError(f"checkpoint {str(directory)!r} does not fit this method/model (missing {missing}, unexpected {unexpected})")
     model.load_state_dict(state, strict=False)
-    return json.loads((directory / WEIGHTS_CONFIG_FILE).read_text())
+    config = directory / WEIGHTS_CONFIG_FILE
+    return json.loads(config.read_text()) if config.is_file() else None
+
+
+# Method keys that set how weights were optimised, not what they mean: evaluating them under other values is fine.
+OPTIMISATION_KEYS = {"lr", "weight_decay", "warmup_ratio", "warmup_steps", "scheduler", "update_lr", "cache_features",
+                     "mode"}
+
+
+def check_trained_config(saved: dict | None, expected: dict, directory: Path) -> None:
+    """Refuse weights whose trained_config.json says they were trained for another model, task, prompt or method
+    setting, even when every tensor has the right shape (a prompt of another task loads without a complaint)."""
+    if saved is None:
+        return  # weights saved before trained_config.json existed: nothing to compare against
+    old, new = flat_items({k: saved.get(k) for k in expected}), flat_items(expected)
+    differing = sorted(key for key in old.keys() | new.keys()
+                       if old.get(key) != new.get(key) and key.split(".")[-1] not in OPTIMISATION_KEYS)
+    if differing:
+        shown = ", ".join(f"{key} {old.get(key)!r} (trained) vs {new.get(key)!r} (now)" for key in differing[:3])
+        raise ConfigError(f"checkpoint {str(directory)!r} was trained for another setting: {shown}; evaluate it "
+                          "with the config it was trained with")

@@ -26,6 +26,7 @@ from lopa.models import load_fm, load_tokenizer
 from lopa.records import (
     RESULTS_FILE,
     WEIGHTS_FILE,
+    check_trained_config,
     git_commit,
     load_trained,
     machine_info,
@@ -133,6 +134,12 @@ def count_parameters(model: TunedModel) -> dict:
     }
 
 
+def trained_config(cfg: DictConfig, model: TunedModel) -> dict:
+    """What trained weights are for (their trained_config.json): evaluate mode checks it before using them."""
+    return {"method": OmegaConf.to_container(cfg.method, resolve=True), "model": cfg.model.name,
+            "task": cfg.task.name, "num_virtual_tokens": model.num_virtual_tokens}
+
+
 @torch.no_grad()
 def prompt_scale(model: TunedModel) -> dict:
     """Mean row norm of the method's shared [m, d] prompt beside that of the FM's token embeddings: a prompt far
@@ -197,7 +204,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     parameters = count_parameters(model)
     log.info("%s on %s: %s", cfg.method.name, cfg.model.name, parameters)
     if cfg.checkpoint:
-        load_trained(model, Path(cfg.checkpoint).expanduser())
+        trained_with = load_trained(model, Path(cfg.checkpoint).expanduser())
+        check_trained_config(trained_with, trained_config(cfg, model), Path(cfg.checkpoint).expanduser())
 
     train_examples = [task.encode(row, i, "train") for i, row in enumerate(train_rows)]
     eval_examples = [task.encode(row, i, cfg.eval.split) for i, row in enumerate(eval_rows)]
@@ -210,12 +218,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model.method.prepare_examples(train_examples + eval_examples + holdout_examples, cfg.eval.batch_size)
     scale = {"initial": prompt_scale(model)} if model.method.shared_prompt() is not None else None
     weights_dir = run_dir / "weights"
-    weights_config = {
-        "method": OmegaConf.to_container(cfg.method, resolve=True),
-        "model": cfg.model.name,
-        "task": cfg.task.name,
-        "num_virtual_tokens": model.num_virtual_tokens,
-    }
+    weights_config = trained_config(cfg, model)
 
     start_tracking(cfg, accelerator, run_dir)
     record = {

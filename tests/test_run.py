@@ -37,6 +37,17 @@ def test_train_record_weights_and_evaluate_mode(glue_data, tmp_path):
     # The tiny FM is rebuilt from the same seed, so the saved prompt reproduces the best evaluation exactly.
     assert evaluated["final"]["accuracy"] == record["best"]["accuracy"]
 
+    # Same shapes, another task or prompt init: refused from trained_config.json, in one line; an optimisation
+    # setting (the learning rate) does not change what the weights mean.
+    for wrong, named in (("task=glue/mrpc", "task 'rte' (trained) vs 'mrpc' (now)"),
+                         ("method.init=normal", "method.init 'uniform' (trained) vs 'normal' (now)")):
+        out = run("model=tiny-llama", "method=prompt_tuning", f"data_dir={glue_data}", "mode=evaluate", "logger=none",
+                  f"checkpoint={run_dir / 'weights'}", f"hydra.run.dir={tmp_path / 'wrong'}", wrong)
+        assert out.returncode == 2 and named in out.stderr and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    out = run("model=tiny-llama", "method=prompt_tuning", f"data_dir={glue_data}", "mode=evaluate", "logger=none",
+              f"checkpoint={run_dir / 'weights'}", f"hydra.run.dir={tmp_path / 'other_lr'}", "method.lr=0.5")
+    assert out.returncode == 0, out.stderr[-2000:]
+
 
 def test_training_logs_the_loss_every_log_every_steps_and_evaluate_is_summarised_as_one(glue_data, tmp_path):
     run_dir = tmp_path / "train"
