@@ -8,11 +8,11 @@ import string
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from lopa.errors import ConfigError
 from lopa.metrics import compute_metrics
+from lopa.progress import progress_bar
 from lopa.tasks.base import Task
 
 MASK = "<mask>"
@@ -125,7 +125,7 @@ class ClassificationTask(Task):
         model.eval()
         label_word_ids = torch.tensor(self.label_word_ids, device=accelerator.device)
         predictions, references = [], []
-        for batch in tqdm(loader, desc="eval", disable=None if accelerator.is_local_main_process else True, leave=False):
+        for batch in progress_bar(loader, desc="eval", accelerator=accelerator, nested=True):
             logits, _ = model(batch)
             batch_predictions = logits[:, label_word_ids].argmax(-1)
             batch_predictions, labels = accelerator.gather_for_metrics((batch_predictions, batch["labels"]))

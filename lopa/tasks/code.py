@@ -12,12 +12,12 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from lopa import code_prompts as cp
 from lopa.data import load_rows, read_jsonl
 from lopa.errors import ConfigError, check_choice
+from lopa.progress import progress_bar
 from lopa.records import atomic_write
 from lopa.sandbox import mean_pass_at_k, run_programs
 from lopa.tasks import TASK_KINDS
@@ -146,7 +146,7 @@ class CodeGenerationTask(Task):
         unwrapped.eval()
         max_new_tokens = settings.pop("max_new_tokens") - (unwrapped.num_virtual_tokens if self.cfg.new_tokens_include_prompt else 0)
         records = []
-        for batch in tqdm(loader, desc="generate", disable=not accelerator.is_local_main_process, leave=False):
+        for batch in progress_bar(loader, desc="generate", accelerator=accelerator, nested=True):
             output = unwrapped.generate(
                 batch,
                 max_new_tokens=max_new_tokens,
