@@ -66,7 +66,7 @@ def failed_record(cfg: DictConfig, error: str, trace: str) -> dict:
     def value(key: str):
         return OmegaConf.select(OmegaConf.create(config), key, default=None, throw_on_resolution_failure=False)
 
-    return {"status": "failed", "error": error, "run_name": value("run_name"), "method": value("method.name"),
+    return {"status": "failed", "error": error, "run_name": value("run_name"), "mode": value("mode"), "method": value("method.name"),
             "task": value("task.name"), "model": value("model.name"), "seed": value("seed"), "config": config,
             "traceback": trace}
 

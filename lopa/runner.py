@@ -210,6 +210,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     record = {
         "status": "completed",
         "run_name": cfg.run_name,
+        "mode": cfg.mode,
         "method": cfg.method.name,
         "task": cfg.task.name,
         "model": cfg.model.name,
