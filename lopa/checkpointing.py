@@ -28,13 +28,13 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 
 from lopa.errors import ConfigError
+from lopa.records import CHECKPOINT_WEIGHTS_FILE as WEIGHTS_FILE
 from lopa.records import trained_state, write_json
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
-WEIGHTS_FILE = "trainable.safetensors"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # Config sections a resumed run must share with its checkpoint (length, cadence and logging may change).
 MUST_MATCH = ("method", "model", "task", "encoder", "seed")

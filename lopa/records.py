@@ -17,6 +17,7 @@ from lopa.errors import ConfigError
 
 WEIGHTS_FILE = "trained.safetensors"
 WEIGHTS_CONFIG_FILE = "trained_config.json"
+CHECKPOINT_WEIGHTS_FILE = "trainable.safetensors"  # the same tensors inside a resumable checkpoint (checkpoints/step-N)
 
 
 def _file_mode() -> int:
@@ -151,16 +152,24 @@ def save_trained(model: torch.nn.Module, directory: Path, config: dict) -> None:
     write_json(directory / WEIGHTS_CONFIG_FILE, config)
 
 
+def weights_file(directory: Path) -> Path:
+    """The trained weights in a weights directory (`save_trained`'s) or in a checkpoint directory."""
+    for name in (WEIGHTS_FILE, CHECKPOINT_WEIGHTS_FILE):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    raise ConfigError(f"checkpoint {str(directory)!r} does not exist or holds no {WEIGHTS_FILE} (nor a checkpoint's "
+                      f"{CHECKPOINT_WEIGHTS_FILE})")
+
+
 def load_trained(model: torch.nn.Module, directory: Path) -> dict:
-    """Load weights saved by `save_trained` into a freshly built model; every saved and expected tensor must match."""
+    """Load weights saved by `save_trained` (or a checkpoint's) into a freshly built model; every saved and expected
+    tensor must match. Returns the weights' JSON config ({} for a checkpoint)."""
     directory = Path(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ConfigError(f"checkpoint {str(directory)!r} does not exist or holds no {WEIGHTS_FILE}")
-    state = load_file(str(weights))
+    state = load_file(str(weights_file(directory)))
     expected = set(trained_state(model))
     if set(state) != expected:
         missing, unexpected = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
         raise ConfigError(f"checkpoint {str(directory)!r} does not fit this method/model (missing {missing}, unexpected {unexpected})")
     model.load_state_dict(state, strict=False)
-    return json.loads((directory / WEIGHTS_CONFIG_FILE).read_text())
+    config = directory / WEIGHTS_CONFIG_FILE
+    return json.loads(config.read_text()) if config.is_file() else {}

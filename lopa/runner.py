@@ -23,7 +23,7 @@ from lopa.checkpointing import (
 from lopa.data import split_holdout
 from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
-from lopa.records import WEIGHTS_FILE, git_commit, load_trained, machine_info, save_trained, write_json
+from lopa.records import git_commit, load_trained, machine_info, save_trained, weights_file, write_json
 from lopa.registry import method_class
 from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
@@ -68,8 +68,8 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.mode == "evaluate" and not cfg.checkpoint and trains:
         raise ConfigError(f"mode=evaluate with method={cfg.method.name} needs checkpoint=<directory of trained weights> "
                           "(or method=zero_shot for the untrained FM)")
-    if cfg.checkpoint and not (Path(cfg.checkpoint).expanduser() / WEIGHTS_FILE).is_file():
-        raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} does not exist or holds no {WEIGHTS_FILE}")
+    if cfg.checkpoint:
+        weights_file(Path(cfg.checkpoint).expanduser())  # fails early, in one line, when there are none
     checkpoint_settings(cfg.trainer)
     check_resume_config(cfg.trainer.get("resume", "auto"))
 
@@ -133,6 +133,13 @@ def prompt_scale(model: TunedModel) -> dict:
             "token_embedding_std": round(tokens.std().item(), 5)}
 
 
+def load_components(cfg: DictConfig, data_dir: str | None) -> tuple:
+    """(tokenizer, FM, task) of a config; an FM built from an architecture draws its weights from the seed set before."""
+    tokenizer = load_tokenizer(cfg.model)
+    fm = load_fm(cfg.model, tokenizer)
+    return tokenizer, fm, build_task(cfg.task, tokenizer, cfg.model.kind, data_dir)
+
+
 def build_model(cfg: DictConfig, tokenizer, fm, task: Task, train_rows: list[dict]) -> TunedModel:
     """Wrap the FM with the configured method; the task learns how many prompt tokens to leave room for."""
     ctx = MethodContext(
@@ -170,9 +177,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    tokenizer = load_tokenizer(cfg.model)
-    fm = load_fm(cfg.model, tokenizer)
-    task = build_task(cfg.task, tokenizer, cfg.model.kind, data_dir)
+    tokenizer, fm, task = load_components(cfg, data_dir)
     task.output_dir = run_dir  # tasks that write artefacts (generations) put them beside the record
     holdout_size = cfg.eval.get("holdout")
     train_rows = task.load("train") if cfg.mode == "train" or holdout_size else []
