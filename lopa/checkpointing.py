@@ -39,7 +39,7 @@ CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # Config sections a resumed run must share with its checkpoint (length, cadence and logging may change).
 MUST_MATCH = ("method", "model", "task", "encoder", "seed")
 TRAINER_MAY_CHANGE = {"resume", "checkpoint_every", "keep_checkpoints", "max_steps", "epochs", "eval_every",
-                      "log_every", "num_workers", "save_weights"}
+                      "log_every", "num_workers", "save_weights", "push_to_hub"}
 
 
 class EpochShuffle(Sampler[int]):

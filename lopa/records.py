@@ -73,7 +73,8 @@ def failed_record(cfg: DictConfig, error: str, trace: str) -> dict:
 
 
 # Keys that may differ between a completed run and its relaunch without changing what the run computes.
-RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "trainer.resume", "trainer.num_workers")
+RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "trainer.resume", "trainer.num_workers",
+                             "run_name_prefix", "trainer.push_to_hub")
 
 
 def flat_items(node, prefix: str = "") -> dict:
@@ -145,11 +146,21 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trained(model: torch.nn.Module, directory: Path, config: dict) -> None:
-    """Trained weights as safetensors plus a JSON config naming the method, model and task they belong to."""
+    """Trained weights as safetensors plus a JSON config naming the method, model and task they belong to (the
+    `save_pretrained` convention), and whatever else the method exports (LoRA: a PEFT adapter in peft/)."""
     directory = Path(directory)
     state = trained_state(model)
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
     write_json(directory / WEIGHTS_CONFIG_FILE, config)
+    model.method.export(model.fm, directory)
+
+
+def push_to_hub(directory: Path, repo_id: str, message: str) -> str:
+    """Upload a weights directory to a Hugging Face Hub model repository (made if missing); returns the commit URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    create_repo(repo_id, exist_ok=True)
+    return upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message=message).commit_url
 
 
 def weights_file(directory: Path) -> Path:

@@ -23,7 +23,15 @@ from lopa.checkpointing import (
 from lopa.data import split_holdout
 from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
-from lopa.records import git_commit, load_trained, machine_info, save_trained, weights_file, write_json
+from lopa.records import (
+    git_commit,
+    load_trained,
+    machine_info,
+    push_to_hub,
+    save_trained,
+    weights_file,
+    write_json,
+)
 from lopa.registry import method_class
 from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
@@ -70,8 +78,25 @@ def check_config(cfg: DictConfig) -> None:
                           "(or method=zero_shot for the untrained FM)")
     if cfg.checkpoint:
         weights_file(Path(cfg.checkpoint).expanduser())  # fails early, in one line, when there are none
+    check_push_to_hub(cfg)
     checkpoint_settings(cfg.trainer)
     check_resume_config(cfg.trainer.get("resume", "auto"))
+
+
+def check_push_to_hub(cfg: DictConfig) -> None:
+    repo_id = cfg.trainer.get("push_to_hub")
+    if repo_id is None:
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str):
+            raise HFValidationError(repo_id)
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(f"trainer.push_to_hub={repo_id!r} is not a Hub repo id (allowed: null or <user>/<name>)") from None
+    if cfg.mode != "train" or not cfg.trainer.save_weights:
+        raise ConfigError("trainer.push_to_hub uploads the trained weights: it needs mode=train and trainer.save_weights=true")
 
 
 def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
@@ -272,6 +297,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             holdout_loader = accelerator.prepare(holdout_loader)
         metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
         record.update(steps=0, evaluations=[{"step": 0, **metrics}], best={"step": 0, **metrics}, final={"step": 0, **metrics})
+    repo_id = cfg.trainer.get("push_to_hub")
+    if repo_id and record["status"] == "completed" and accelerator.is_main_process:
+        record["pushed_to"] = push_to_hub(weights_dir, repo_id, f"{cfg.run_name} (best {task.primary_metric})")
     if scale is not None:
         record["prompt_scale"] = {**scale, "final": prompt_scale(accelerator.unwrap_model(model))}
     record["wall_time_s"] = round(time.time() - started, 2)
