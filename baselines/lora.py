@@ -1,12 +1,20 @@
 """LoRA through PEFT, injected into the FM in place (METHODS.md §3)."""
 
+import copy
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
-from peft import LoraConfig, inject_adapter_in_model
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from safetensors.torch import save_file
 from torch import nn
 
 from lopa.errors import ConfigError
+from lopa.records import atomic_write
 from lopa.registry import register_method
 from lopa.soft_prompt import Method, MethodContext
+
+PEFT_DIR = "peft"  # inside the weights directory: loadable with peft.PeftModel.from_pretrained(base FM, <dir>)
+PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
 
 
 @register_method("lora")
@@ -21,6 +29,7 @@ class LoRA(Method):
             lora_dropout=cfg.dropout,
             target_modules=OmegaConf.to_container(cfg.target_modules),
         )
+        self.model_cfg = ctx.model_cfg
 
     def prepare_fm(self, fm: nn.Module) -> None:
         fm.requires_grad_(False)
@@ -34,3 +43,15 @@ class LoRA(Method):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         return [{"params": self.adapter_parameters, "lr": lr, "weight_decay": weight_decay}]
+
+    def export(self, fm: nn.Module, directory: Path) -> None:
+        """The adapter as `PeftModel.save_pretrained` writes it: adapter_config.json + adapter_model.safetensors,
+        the tensors named as in a PeftModel around the FM (base_model.model.<FM's name>)."""
+        config = copy.deepcopy(self.lora_config)
+        config.base_model_name_or_path = self.model_cfg.get("pretrained")
+        config.task_type = PEFT_TASK_TYPES.get(self.model_cfg.kind)
+        state = {f"base_model.model.{name}": tensor.detach().contiguous().cpu()
+                 for name, tensor in get_peft_model_state_dict(fm).items()}
+        target = Path(directory) / PEFT_DIR
+        atomic_write(target / "adapter_model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        config.save_pretrained(str(target))

@@ -28,18 +28,18 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 
 from lopa.errors import ConfigError
+from lopa.records import CHECKPOINT_WEIGHTS_FILE as WEIGHTS_FILE
 from lopa.records import trained_state, write_json
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
-WEIGHTS_FILE = "trainable.safetensors"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # Config sections a resumed run must share with its checkpoint (length, cadence and logging may change).
 MUST_MATCH = ("method", "model", "task", "encoder", "seed")
 TRAINER_MAY_CHANGE = {"resume", "checkpoint_every", "keep_checkpoints", "max_steps", "epochs", "eval_every",
-                      "log_every", "num_workers", "save_weights", "allow_schedule_change"}
+                      "log_every", "num_workers", "save_weights", "allow_schedule_change", "push_to_hub"}
 
 
 class EpochShuffle(Sampler[int]):

@@ -20,6 +20,7 @@ from lopa.errors import ConfigError
 RESULTS_FILE = "results.json"  # a run directory's record
 WEIGHTS_FILE = "trained.safetensors"
 WEIGHTS_CONFIG_FILE = "trained_config.json"
+CHECKPOINT_WEIGHTS_FILE = "trainable.safetensors"  # the same tensors inside a resumable checkpoint (checkpoints/step-N)
 
 
 def _file_mode() -> int:
@@ -69,13 +70,14 @@ def failed_record(cfg: DictConfig, error: str, trace: str) -> dict:
     def value(key: str):
         return OmegaConf.select(OmegaConf.create(config), key, default=None, throw_on_resolution_failure=False)
 
-    return {"status": "failed", "error": error, "run_name": value("run_name"), "method": value("method.name"),
+    return {"status": "failed", "error": error, "run_name": value("run_name"), "mode": value("mode"), "method": value("method.name"),
             "task": value("task.name"), "model": value("model.name"), "seed": value("seed"), "config": config,
             "traceback": trace}
 
 
 # Keys that may differ between a completed run and its relaunch without changing what the run computes.
-RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "trainer.resume", "trainer.num_workers")
+RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "trainer.resume", "trainer.num_workers",
+                             "run_name_prefix", "trainer.push_to_hub")
 
 
 def flat_items(node, prefix: str = "") -> dict:
@@ -149,31 +151,48 @@ def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trained(model: torch.nn.Module, directory: Path, config: dict) -> None:
+    """Trained weights as safetensors plus a JSON config naming the method, model and task they belong to (the
+    `save_pretrained` convention), and whatever else the method exports (LoRA: a PEFT adapter in peft/)."""
     from safetensors.torch import save_file
 
-    """Trained weights as safetensors plus a JSON config naming the method, model and task they belong to."""
     directory = Path(directory)
     state = trained_state(model)
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
     write_json(directory / WEIGHTS_CONFIG_FILE, config)
+    model.method.export(model.fm, directory)
+
+
+def push_to_hub(directory: Path, repo_id: str, message: str) -> str:
+    """Upload a weights directory to a Hugging Face Hub model repository (made if missing); returns the commit URL."""
+    from huggingface_hub import create_repo, upload_folder
+
+    create_repo(repo_id, exist_ok=True)
+    return upload_folder(repo_id=repo_id, folder_path=str(directory), commit_message=message).commit_url
+
+
+def weights_file(directory: Path) -> Path:
+    """The trained weights in a weights directory (`save_trained`'s) or in a checkpoint directory."""
+    for name in (WEIGHTS_FILE, CHECKPOINT_WEIGHTS_FILE):
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    raise ConfigError(f"checkpoint {str(directory)!r} does not exist or holds no {WEIGHTS_FILE} (nor a checkpoint's "
+                      f"{CHECKPOINT_WEIGHTS_FILE})")
 
 
 def load_trained(model: torch.nn.Module, directory: Path) -> dict:
-    """Load weights saved by `save_trained` into a freshly built model; every saved and expected tensor must match."""
+    """Load weights saved by `save_trained` (or a checkpoint's) into a freshly built model; every saved and expected
+    tensor must match. Returns the weights' JSON config ({} for a checkpoint)."""
     directory = Path(directory)
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ConfigError(f"checkpoint {str(directory)!r} does not exist or holds no {WEIGHTS_FILE}")
     from safetensors.torch import load_file
 
-    state = load_file(str(weights))
+    state = load_file(str(weights_file(directory)))
     expected = set(trained_state(model))
     if set(state) != expected:
         missing, unexpected = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
         raise ConfigError(f"checkpoint {str(directory)!r} does not fit this method/model (missing {missing}, unexpected {unexpected})")
     model.load_state_dict(state, strict=False)
     config = directory / WEIGHTS_CONFIG_FILE
-    return json.loads(config.read_text()) if config.is_file() else None
+    return json.loads(config.read_text()) if config.is_file() else {}
 
 
 # Method keys that set how weights were optimised, not what they mean: evaluating them under other values is fine.
@@ -181,11 +200,11 @@ OPTIMISATION_KEYS = {"lr", "weight_decay", "warmup_ratio", "warmup_steps", "sche
                      "mode"}
 
 
-def check_trained_config(saved: dict | None, expected: dict, directory: Path) -> None:
+def check_trained_config(saved: dict, expected: dict, directory: Path) -> None:
     """Refuse weights whose trained_config.json says they were trained for another model, task, prompt or method
     setting, even when every tensor has the right shape (a prompt of another task loads without a complaint)."""
-    if saved is None:
-        return  # weights saved before trained_config.json existed: nothing to compare against
+    if not saved:
+        return  # a checkpoint's weights, or weights saved before trained_config.json existed: nothing to compare
     old, new = flat_items({k: saved.get(k) for k in expected}), flat_items(expected)
     differing = sorted(key for key in old.keys() | new.keys()
                        if old.get(key) != new.get(key) and key.split(".")[-1] not in OPTIMISATION_KEYS)

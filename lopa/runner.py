@@ -25,12 +25,13 @@ from lopa.errors import ConfigError, check_choice
 from lopa.models import load_fm, load_tokenizer
 from lopa.records import (
     RESULTS_FILE,
-    WEIGHTS_FILE,
     check_trained_config,
     git_commit,
     load_trained,
     machine_info,
+    push_to_hub,
     save_trained,
+    weights_file,
     write_json,
 )
 from lopa.registry import method_class
@@ -80,10 +81,27 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.mode == "evaluate" and not cfg.checkpoint and trains:
         raise ConfigError(f"mode=evaluate with method={cfg.method.name} needs checkpoint=<directory of trained weights> "
                           "(or method=zero_shot for the untrained FM)")
-    if cfg.checkpoint and not (Path(cfg.checkpoint).expanduser() / WEIGHTS_FILE).is_file():
-        raise ConfigError(f"checkpoint {str(cfg.checkpoint)!r} does not exist or holds no {WEIGHTS_FILE}")
+    if cfg.checkpoint:
+        weights_file(Path(cfg.checkpoint).expanduser())  # fails early, in one line, when there are none
+    check_push_to_hub(cfg)
     checkpoint_settings(cfg.trainer)
     check_resume_config(cfg.trainer.get("resume", "auto"))
+
+
+def check_push_to_hub(cfg: DictConfig) -> None:
+    repo_id = cfg.trainer.get("push_to_hub")
+    if repo_id is None:
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if not isinstance(repo_id, str):
+            raise HFValidationError(repo_id)
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ConfigError(f"trainer.push_to_hub={repo_id!r} is not a Hub repo id (allowed: null or <user>/<name>)") from None
+    if cfg.mode != "train" or not cfg.trainer.save_weights:
+        raise ConfigError("trainer.push_to_hub uploads the trained weights: it needs mode=train and trainer.save_weights=true")
 
 
 def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
@@ -151,6 +169,13 @@ def prompt_scale(model: TunedModel) -> dict:
             "token_embedding_std": round(tokens.std().item(), 5)}
 
 
+def load_components(cfg: DictConfig, data_dir: str | None) -> tuple:
+    """(tokenizer, FM, task) of a config; an FM built from an architecture draws its weights from the seed set before."""
+    tokenizer = load_tokenizer(cfg.model)
+    fm = load_fm(cfg.model, tokenizer)
+    return tokenizer, fm, build_task(cfg.task, tokenizer, cfg.model.kind, data_dir)
+
+
 def build_model(cfg: DictConfig, tokenizer, fm, task: Task, train_rows: list[dict]) -> TunedModel:
     """Wrap the FM with the configured method; the task learns how many prompt tokens to leave room for."""
     ctx = MethodContext(
@@ -188,9 +213,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    tokenizer = load_tokenizer(cfg.model)
-    fm = load_fm(cfg.model, tokenizer)
-    task = build_task(cfg.task, tokenizer, cfg.model.kind, data_dir)
+    tokenizer, fm, task = load_components(cfg, data_dir)
     task.output_dir = run_dir  # tasks that write artefacts (generations) put them beside the record
     holdout_size = cfg.eval.get("holdout")
     train_rows = task.load("train") if cfg.mode == "train" or holdout_size else []
@@ -224,6 +247,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     record = {
         "status": "completed",
         "run_name": cfg.run_name,
+        "mode": cfg.mode,
         "method": cfg.method.name,
         "task": cfg.task.name,
         "model": cfg.model.name,
@@ -282,6 +306,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             holdout_loader = accelerator.prepare(holdout_loader)
         metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
         record.update(steps=0, evaluations=[{"step": 0, **metrics}], best={"step": 0, **metrics}, final={"step": 0, **metrics})
+    repo_id = cfg.trainer.get("push_to_hub")
+    if repo_id and record["status"] == "completed" and accelerator.is_main_process:
+        record["pushed_to"] = push_to_hub(weights_dir, repo_id, f"{cfg.run_name} (best {task.primary_metric})")
     if scale is not None:
         record["prompt_scale"] = {**scale, "final": prompt_scale(accelerator.unwrap_model(model))}
     record["wall_time_s"] = round(time.time() - started, 2)

@@ -12,6 +12,7 @@ targets are the decoder's tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -78,6 +79,9 @@ class Method(nn.Module):
 
     def prepare_examples(self, examples: list[dict], batch_size: int) -> None:
         """Called once with every encoded example before training and evaluation (default: nothing)."""
+
+    def export(self, fm: nn.Module, directory: Path) -> None:
+        """Write the trained weights in another library's format too, beside `save_trained`'s (default: nothing)."""
 
 
 def text_positions(attention_mask: Tensor) -> Tensor:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +13,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from lopa.checkpointing import Checkpointer, StopOnSigterm, TrainState
 from lopa.errors import ConfigError, check_choice
+from lopa.progress import progress_bar
 from lopa.soft_prompt import TunedModel
 from lopa.tasks.base import Task
 
@@ -171,10 +170,7 @@ def train(
         path = checkpointer.save(model, optimizer, scheduler, state, outcome.progress())
         outcome.last_checkpoint = str(path)
 
-    # Main process only; in a non-tty log (SLURM, pipes) a bar line at most every 30 s, beside the loss log lines.
-    progress_bar = tqdm(total=steps, initial=state.step, desc="train", dynamic_ncols=True,
-                        mininterval=0.1 if sys.stdout.isatty() else 30.0, file=sys.stdout,  # stderr: errors only
-                        disable=not accelerator.is_local_main_process)
+    bar = progress_bar(total=steps, initial=state.step, desc="train", accelerator=accelerator)  # beside the loss logs
     model.train()
     with StopOnSigterm(accelerator, enabled=checkpointer is not None) as sigterm:
         while state.step < steps:
@@ -202,12 +198,12 @@ def train(
                     continue
                 state.step += 1
                 outcome.steps = state.step
-                progress_bar.update(1)
+                bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == steps:
                     mean_loss = mean_over_processes(accelerator, state.running_loss, state.running_count)
                     outcome.train_losses.append({"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
                     accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.step)
-                    progress_bar.set_postfix(loss=f"{mean_loss:.4f}")
+                    bar.set_postfix(loss=f"{mean_loss:.4f}")
                     log.info("step %d/%d: loss=%.4f lr=%.3g", state.step, steps, mean_loss, scheduler.get_last_lr()[0])
                     state.running_loss, state.running_count = 0.0, 0
                 end_of_epoch = state.batch_in_epoch >= batches_per_epoch
@@ -222,11 +218,11 @@ def train(
                 if stop:
                     outcome.interrupted = True
                     log.warning("SIGTERM: stopped at step %d after saving %s", state.step, outcome.last_checkpoint)
-                    progress_bar.close()
+                    bar.close()
                     return outcome
                 if state.step >= steps:
                     break
-    progress_bar.close()
+    bar.close()
     if not outcome.evaluations or outcome.evaluations[-1]["step"] != state.step:
         evaluate(state.epoch if state.batch_in_epoch else state.epoch - 1)
     return outcome

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import CONFIG_DIR, REPO
 
 
 def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -25,6 +27,7 @@ def test_train_record_weights_and_evaluate_mode(glue_data, tmp_path):
     assert record["parameters"]["total"] == record["parameters"]["fm"] + 320
     assert 0.0 <= record["best"]["accuracy"] <= 1.0 and record["num_eval_examples"] == 12
     assert record["config"]["method"]["name"] == "prompt_tuning" and record["machine"]["torch"]
+    assert record["mode"] == "train" and record["run_name"] == "prompt_tuning-rte-tiny-llama-s9876"
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "weights" / "trained.safetensors").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run files missing"
@@ -36,6 +39,7 @@ def test_train_record_weights_and_evaluate_mode(glue_data, tmp_path):
     evaluated = json.loads((eval_dir / "results.json").read_text())
     # The tiny FM is rebuilt from the same seed, so the saved prompt reproduces the best evaluation exactly.
     assert evaluated["final"]["accuracy"] == record["best"]["accuracy"]
+    assert evaluated["mode"] == "evaluate" and evaluated["run_name"] == "eval-prompt_tuning-rte-tiny-llama-s9876"
 
     # Same shapes, another task or prompt init: refused from trained_config.json, in one line; an optimisation
     # setting (the learning rate) does not change what the weights mean.
@@ -47,6 +51,16 @@ def test_train_record_weights_and_evaluate_mode(glue_data, tmp_path):
     out = run("model=tiny-llama", "method=prompt_tuning", f"data_dir={glue_data}", "mode=evaluate", "logger=none",
               f"checkpoint={run_dir / 'weights'}", f"hydra.run.dir={tmp_path / 'other_lr'}", "method.lr=0.5")
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_evaluations_are_named_as_such_in_the_run_name_and_default_run_directory():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for overrides, name in ((["mode=evaluate"], "eval-prompt_tuning-rte-smollm2-135m-s9876"),
+                                (["method=zero_shot"], "eval-zero_shot-rte-smollm2-135m-s9876"),
+                                ([], "prompt_tuning-rte-smollm2-135m-s9876")):
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            assert cfg.run_name == name
+            assert cfg.hydra.run.dir.endswith(f"_{name}")
 
 
 def test_training_logs_the_loss_every_log_every_steps_and_evaluate_is_summarised_as_one(glue_data, tmp_path):

@@ -8,11 +8,11 @@ import string
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from lopa.errors import ConfigError
 from lopa.metrics import compute_metrics
+from lopa.progress import progress_bar
 from lopa.tasks.base import Task
 
 MASK = "<mask>"
@@ -119,15 +119,18 @@ class ClassificationTask(Task):
         rendered = self.template.format(**{name: row[name] for name in self.fields}).replace(MASK, "")
         return " ".join(rendered.split())
 
+    def label_logits(self, model, batch: dict) -> torch.Tensor:
+        """[batch, classes]: the FM's logits of each label word at each example's scored position."""
+        logits, _ = model(batch)
+        return logits[:, torch.tensor(self.label_word_ids, device=logits.device)]
+
     @torch.no_grad()
     def predict(self, model, loader: DataLoader, accelerator) -> tuple[list[int], list[int]]:
         """Argmax over the label words at each example's scored position, gathered over processes."""
         model.eval()
-        label_word_ids = torch.tensor(self.label_word_ids, device=accelerator.device)
         predictions, references = [], []
-        for batch in tqdm(loader, desc="eval", disable=None if accelerator.is_local_main_process else True, leave=False):
-            logits, _ = model(batch)
-            batch_predictions = logits[:, label_word_ids].argmax(-1)
+        for batch in progress_bar(loader, desc="eval", accelerator=accelerator, nested=True):
+            batch_predictions = self.label_logits(model, batch).argmax(-1)
             batch_predictions, labels = accelerator.gather_for_metrics((batch_predictions, batch["labels"]))
             predictions += batch_predictions.tolist()
             references += labels.tolist()

@@ -12,12 +12,12 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from lopa import code_prompts as cp
 from lopa.data import load_rows, read_jsonl
 from lopa.errors import ConfigError, check_choice
+from lopa.progress import progress_bar
 from lopa.records import atomic_write
 from lopa.sandbox import mean_pass_at_k, run_programs
 from lopa.tasks import TASK_KINDS
@@ -115,27 +115,30 @@ class CodeGenerationTask(Task):
     def example_key(self, row: dict, split_key: str) -> str:
         return f"{self.name}/{split_key}/{row[self.format.row_id]}"
 
-    def _prompt_ids(self, row: dict, budget: int) -> list[int]:
+    def _prompt_ids(self, prompt: str, budget: int) -> list[int]:
         """Prompt ids cut from the left when too long: the end of the prompt is where the answer starts."""
-        ids = self.tokenizer(self.format.prompt(row)).input_ids
+        ids = self.tokenizer(prompt).input_ids
         return ids[-budget:] if len(ids) > budget else ids
+
+    def prompt_example(self, prompt: str, key: str, encoder_text: str) -> dict:
+        """An example to generate for: the prompt text as it is (an evaluation row's, or one given by hand)."""
+        ids = self._prompt_ids(prompt, min(self.text_budget(), self.cfg.max_prompt_length))
+        return {"input_ids": ids, "target_ids": [-100] * len(ids), "example_key": key, "encoder_text": encoder_text}
 
     def encode(self, row: dict, index: int, split_key: str) -> dict:
         """Training examples: prompt + answer + EOS with targets on the answer and EOS only; eval: the prompt."""
         key = self.example_key(row, split_key)
         self.rows_by_key[key] = row
-        common = {"example_key": key, "encoder_text": self.text(row)}
-        budget = self.text_budget()
         if split_key != "train":
-            ids = self._prompt_ids(row, min(budget, self.cfg.max_prompt_length))
-            return {"input_ids": ids, "target_ids": [-100] * len(ids), **common}
+            return self.prompt_example(self.format.prompt(row), key, self.text(row))
+        budget = self.text_budget()
         answer = self.tokenizer.encode(self.format.answer(row), add_special_tokens=False) + [self.tokenizer.eos_token_id]
         answer = answer[: budget - 1]
-        prompt = self._prompt_ids(row, budget - len(answer))
+        prompt = self._prompt_ids(self.format.prompt(row), budget - len(answer))
         ids = prompt + answer
         # target_ids[t] is what position t predicts: the next token, on the answer (and EOS) only.
         targets = [-100] * (len(prompt) - 1) + answer + [-100]
-        return {"input_ids": ids, "target_ids": targets, **common}
+        return {"input_ids": ids, "target_ids": targets, "example_key": key, "encoder_text": self.text(row)}
 
     def generate(self, model, loader: DataLoader, accelerator) -> list[dict]:
         """`num_samples` generations per problem, cut at the task's stop sequences, gathered over processes."""
@@ -146,7 +149,7 @@ class CodeGenerationTask(Task):
         unwrapped.eval()
         max_new_tokens = settings.pop("max_new_tokens") - (unwrapped.num_virtual_tokens if self.cfg.new_tokens_include_prompt else 0)
         records = []
-        for batch in tqdm(loader, desc="generate", disable=not accelerator.is_local_main_process, leave=False):
+        for batch in progress_bar(loader, desc="generate", accelerator=accelerator, nested=True):
             with accelerator.autocast():  # the run's precision (trainer.mixed_precision), as in training and scoring
                 output = unwrapped.generate(
                     batch,
