@@ -48,6 +48,9 @@ PROCESS_LIMIT = 64
 OPEN_FILES_LIMIT = 256
 SETUP_ERROR_EXIT = 125  # the runner's exit status when the sandbox itself could not be set up
 SETUP_ERROR_MARK = b"lopa-sandbox-setup-error"
+# Imports compile from source: .pyc files load through marshal.loads, which the audit hook refuses
+# (hand-made bytecode reads and writes arbitrary memory). A directory that cannot exist.
+NO_PYCACHE = "/dev/null/lopa-no-pycache"
 
 
 @dataclass
@@ -222,6 +225,55 @@ def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed 
     for name in ("ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"):
         sys.modules[name] = None
 
+    # Second layer, part two: an audit hook (PEP 578; Python code cannot remove one) that refuses the ways
+    # plain Python reaches this runner's frame (and so the token) or arbitrary memory: frames, gc
+    # introspection, ctypes, hand-built bytecode, re-imports of the patched builtin modules, /proc.
+    frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"))
+    refused_events = frozenset(
+        "sys._current_frames sys._current_exceptions sys.settrace sys.setprofile gc.get_objects "
+        "gc.get_referrers gc.get_referents code.__new__ marshal.loads marshal.load "
+        "function.__new__ cpython.run_interactivehook".split()
+    )
+    refused_imports = frozenset(
+        "ctypes _ctypes _testcapi _testinternalcapi _testbuffer _testmultiphase _xxsubinterpreters "
+        "_xxinterpchannels posix _posixsubprocess _signal _socket _io resource _imp".split()
+    )
+    permission_error, value_error, str_type, getcwd = PermissionError, ValueError, str, os.getcwd
+
+    def audit(event, args):
+        if event == "sys._getframe":  # ValueError: namedtuple, typing, enum and logging fall back on it
+            raise value_error("frame introspection is disabled inside the sandbox")
+        if event in refused_events or event.startswith("ctypes."):
+            raise permission_error(f"{event} is disabled inside the sandbox")
+        if event == "object.__getattr__" and type(args[1]) is str_type and args[1] in frame_attributes:
+            raise permission_error(f"{args[1]} is disabled inside the sandbox")
+        if event == "import" and type(args[0]) is str_type and args[0].rpartition(".")[2] in refused_imports:
+            raise permission_error(f"importing {args[0]} again is disabled inside the sandbox")
+        if event in ("open", "os.chdir", "os.listdir", "os.scandir") and args:
+            path = args[0]
+            if type(path) is bytes:
+                path = path.decode(errors="replace")
+            if type(path) is str_type:  # no realpath: its helpers are Python the program could patch
+                path = path if path.startswith("/") else getcwd() + "/" + path
+                if "/proc" in path or ".." in path or path.startswith(("/dev/fd", "/dev/std")):
+                    raise permission_error(f"{event} of {path!r} is disabled inside the sandbox")
+
+    import _imp
+    import _signal
+    import signal
+
+    real_create_builtin = _imp.create_builtin
+
+    def guarded_create_builtin(spec):
+        if getattr(spec, "name", None) in refused_imports:
+            raise PermissionError("re-creating a patched builtin module is disabled inside the sandbox")
+        return real_create_builtin(spec)
+
+    _imp.create_builtin = guarded_create_builtin
+    # A signal handler receives the interrupted frame, whose f_back chain reaches this runner.
+    _signal.signal = signal.signal = refused("signal.signal")
+    sys.addaudithook(audit)
+
     main_module = types.ModuleType("__main__")
     main_module.__dict__.update({"__file__": program_path, "__builtins__": builtins})
     sys.modules["__main__"] = main_module
@@ -376,7 +428,7 @@ def run_program(
                 os.close(token_write)
             command = [
                 *network_isolation_prefix(),
-                sys.executable, "-I", "-B", "-X", "utf8", "-c", _CHILD_SOURCE,
+                sys.executable, "-I", "-B", "-X", "utf8", "-X", f"pycache_prefix={NO_PYCACHE}", "-c", _CHILD_SOURCE,
                 str(token_read), program_path, sandbox_dir,
                 *_limit_specs(timeout_s, memory_mb, max_output_bytes),
             ]  # fmt: skip
