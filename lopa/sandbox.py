@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import secrets
 import select
 import shutil
@@ -36,8 +37,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from lopa.errors import ConfigError, check_choice
 
 STATUSES = ("passed", "failed", "timeout", "error")
 TAIL_BYTES = 4096  # how much of each output stream an ExecutionResult keeps
@@ -328,6 +332,78 @@ def network_isolation_prefix() -> list[str]:
         return list(_isolation_prefix)
 
 
+ISOLATIONS = ("bwrap", "none")
+SANDBOX_UID = 65534  # nobody
+TMP_BYTES = 64 * 2**20  # the sandbox's only writable places are two size-limited tmpfs: /tmp and /dev/shm
+SHM_BYTES = 16 * 2**20
+_bwrap_lock = threading.Lock()
+_bwrap_checked: str | None = None  # "" once a probe succeeded, else the reason it failed
+
+
+def check_isolation(isolation: str) -> None:
+    """Raise a ConfigError unless `isolation` is known and, for bwrap, usable here (probed once)."""
+    global _bwrap_checked
+    check_choice("task.execution.isolation", isolation, ISOLATIONS)
+    if isolation == "none":
+        return
+    with _bwrap_lock:
+        if _bwrap_checked is None:
+            _bwrap_checked = ""
+            if shutil.which("bwrap") is None or shutil.which("setpriv") is None:
+                _bwrap_checked = "bubblewrap (bwrap) or setpriv is not installed"
+            else:
+                try:
+                    probe = subprocess.run([*_bwrap_prefix(), "true"], capture_output=True, timeout=30)
+                    if probe.returncode != 0:
+                        _bwrap_checked = probe.stderr.decode(errors="replace").strip() or f"exit {probe.returncode}"
+                except (OSError, subprocess.SubprocessError) as error:
+                    _bwrap_checked = repr(error)
+        reason = _bwrap_checked
+    if reason:
+        raise ConfigError(
+            f"the code sandbox cannot start bwrap ({reason.splitlines()[0]}); install bubblewrap "
+            "(apt-get install bubblewrap) or set task.execution.isolation=none to run generated code "
+            "without operating-system isolation"
+        )
+
+
+def _python_roots() -> list[str]:
+    """Directories the sandboxed interpreter needs besides /usr: its installation and site-packages."""
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    roots.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    roots = {r for r in roots if not (r + "/").startswith("/usr/")}
+    return sorted(r for r in roots if not any(r.startswith(o + "/") for o in roots))
+
+
+def _bwrap_prefix() -> list[str]:
+    """bwrap + setpriv: new PID, mount, IPC, UTS, network (and cgroup) namespaces, a read-only system,
+    private /proc, /dev, and size-limited /tmp and /dev/shm; the program runs as uid/gid 65534 with
+    no capabilities and no_new_privs. No user namespace: bwrap run as root would map the sandbox uid
+    to host root (RLIMIT_NPROC is not enforced for it, root-owned files stay readable)."""
+    prefix = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+              "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+              "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",  # for setpriv only, dropped by it
+              "--ro-bind", "/usr", "/usr"]  # fmt: skip
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            prefix += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            prefix += ["--ro-bind", top, top]
+    for name in ("ld.so.cache", "localtime"):
+        prefix += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for root in _python_roots():
+        parents = [p for p in Path(root).parents if str(p) != "/"][::-1]
+        for parent in parents:  # intermediate directories bwrap creates would be 0700: nobody could pass
+            prefix += ["--perms", "0755", "--dir", str(parent)]
+        prefix += ["--ro-bind", root, root]
+    prefix += ["--proc", "/proc", "--dev", "/dev",
+               "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
+               "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]  # fmt: skip
+    prefix += ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+               "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+    return prefix
+
+
 def _limit_specs(timeout_s: float, memory_mb: int, max_output_bytes: int) -> list[str]:
     cpu_seconds = int(timeout_s) + 1
     limits = {
@@ -393,23 +469,72 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
+def _wait_for_exit(pid: int | None, timeout_s: float) -> None:
+    """SIGKILL the sandbox's PID-namespace init (this kills every process in the namespace) and wait."""
+    if pid is None:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # already gone
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(int(timeout_s * 1000))
+    finally:
+        os.close(pidfd)
+
+
 def run_program(
-    program: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_bytes: int = 1_000_000
+    program: str,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    max_output_bytes: int = 1_000_000,
+    isolation: str = "bwrap",
 ) -> ExecutionResult:
-    """Run one Python program in the sandbox; passed only if it ran to its end (see the module docstring)."""
+    """Run one Python program in the sandbox; passed only if it ran to its end (see the module docstring).
+
+    isolation="bwrap" (the default) runs it under bubblewrap as uid 65534 and raises a ConfigError where
+    that is impossible; "none" is the explicit opt-out: a plain subprocess with only the in-process guard.
+    """
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
     if memory_mb < 64:
         raise ValueError(f"memory_mb must be at least 64 (the interpreter needs it), got {memory_mb!r}")
     if max_output_bytes < 1024:
         raise ValueError(f"max_output_bytes must be at least 1024, got {max_output_bytes!r}")
+    check_isolation(isolation)
     token = secrets.token_hex(16).encode()
     token_line = b"\n" + token + b"\n"
-    sandbox_dir = tempfile.mkdtemp(prefix="lopa-sandbox-")
+    host_dir = tempfile.mkdtemp(prefix="lopa-sandbox-")
+    fds: list[int] = []
     try:
-        program_path = os.path.join(sandbox_dir, "program.py")
-        with open(program_path, "w", encoding="utf-8") as handle:
+        host_program = os.path.join(host_dir, "program.py")
+        with open(host_program, "w", encoding="utf-8") as handle:
             handle.write(program)
+        token_read, token_write = os.pipe()
+        fds.append(token_read)
+        try:
+            os.write(token_write, token)
+        finally:
+            os.close(token_write)
+        if isolation == "bwrap":
+            sandbox_dir, program_path = "/tmp", "/tmp/program.py"
+            program_fd = os.open(host_program, os.O_RDONLY)
+            info_read, info_write = os.pipe()
+            fds += [program_fd, info_read, info_write]
+            prefix = _bwrap_prefix()
+            # bwrap options go before its trailing setpriv command.
+            at = prefix.index("setpriv")
+            prefix[at:at] = ["--perms", "0444", "--ro-bind-data", str(program_fd), program_path,
+                             "--chdir", sandbox_dir, "--info-fd", str(info_write)]  # fmt: skip
+        else:
+            sandbox_dir, program_path, info_read, info_write = host_dir, host_program, None, None
+            prefix = network_isolation_prefix()
         environment = {
             "PATH": "/usr/bin:/bin",
             "HOME": sandbox_dir,
@@ -421,13 +546,8 @@ def run_program(
             "MKL_NUM_THREADS": "1",
         }
         with tempfile.TemporaryFile() as stdout_file, tempfile.TemporaryFile() as stderr_file:
-            token_read, token_write = os.pipe()
-            try:
-                os.write(token_write, token)
-            finally:
-                os.close(token_write)
             command = [
-                *network_isolation_prefix(),
+                *prefix,
                 sys.executable, "-I", "-B", "-X", "utf8", "-X", f"pycache_prefix={NO_PYCACHE}", "-c", _CHILD_SOURCE,
                 str(token_read), program_path, sandbox_dir,
                 *_limit_specs(timeout_s, memory_mb, max_output_bytes),
@@ -439,29 +559,43 @@ def run_program(
                     stdin=subprocess.DEVNULL,
                     stdout=stdout_file,
                     stderr=stderr_file,
-                    cwd=sandbox_dir,
+                    cwd=host_dir,
                     env=environment,
                     start_new_session=True,
-                    pass_fds=(token_read,),
+                    pass_fds=tuple(fds),
                 )
             except OSError as error:
                 return ExecutionResult(False, "error", "", f"could not start the sandbox: {error!r}", 0.0)
             finally:
-                os.close(token_read)
+                for fd in fds:
+                    if fd != info_read:
+                        os.close(fd)
+                fds = [info_read] if info_read is not None else []
+            init_pid = None
+            if info_read is not None:  # bwrap writes {"child-pid": N} (the namespace's init) and closes it
+                with os.fdopen(info_read, "rb") as info:
+                    fds = []
+                    match = re.search(rb'"child-pid": *([0-9]+)', info.read())
+                init_pid = int(match.group(1)) if match else None
             timed_out = _wait_and_kill_group(process, timeout_s)
+            _wait_for_exit(init_pid, 5.0)
             duration_s = time.monotonic() - start
             stdout = _read_tail(stdout_file, TAIL_BYTES + len(token_line))
             stderr = _read_tail(stderr_file, TAIL_BYTES)
     finally:
-        _remove_tree(sandbox_dir)
+        for fd in fds:
+            os.close(fd)
+        _remove_tree(host_dir)
 
     returncode = process.returncode
+    if isolation == "bwrap" and returncode is not None and returncode > 128:
+        returncode = 128 - returncode  # bwrap reports a child killed by signal N as 128 + N
     passed = not timed_out and returncode == 0 and stdout.endswith(token_line)
     if passed:
         status, stdout = "passed", stdout[: -len(token_line)]
     elif timed_out or returncode == -signal.SIGXCPU:
         status = "timeout"
-    elif returncode == SETUP_ERROR_EXIT and stderr.startswith(SETUP_ERROR_MARK):
+    elif returncode == SETUP_ERROR_EXIT and stderr.startswith(SETUP_ERROR_MARK) or stderr.startswith(b"bwrap:"):
         status = "error"
     else:
         status = "failed"
