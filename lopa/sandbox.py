@@ -1,22 +1,47 @@
-"""The only place generated code is executed: a limited, network-less subprocess per program, and pass@k.
+"""The only place generated code is executed: one operating-system sandbox per program, and pass@k.
 
-Threat model. Generated code is buggy and occasionally hostile by accident (infinite loops, fork bombs,
-huge allocations, ``rm``-like calls, early ``sys.exit(0)``). Each program runs in its own interpreter
-(``python -I``) in a fresh temporary directory, in a new session whose whole process group is SIGKILLed
-when the run ends, with resource limits (address space, CPU time, file size, processes, open files), a
-wall-clock timeout, no network (``unshare -n`` where permitted, plus a socket guard), and a guard that
-disables process creation, signalling, deletion/renaming and writes outside the sandbox directory.
-The guard is in-process and best-effort: code written to escape *this* harness (re-importing builtin
-modules, reading interpreter memory) is not stopped by it. For adversarial code, also run the whole
-evaluation in a container or VM.
+Isolation (isolation="bwrap", the default; README "Code execution"). Each program runs under bubblewrap
+in new PID, mount, IPC, UTS, network (and cgroup) namespaces, with --die-with-parent and --new-session.
+The file system is read-only: /usr (and the /bin, /lib* links), /etc/ld.so.cache and /etc/localtime only,
+the Python installation and its site-packages; /proc is private to the PID namespace (no host process is
+visible), /dev is bwrap's minimal one, and the only writable places are a 64 MiB tmpfs /tmp (the working
+directory, holding a read-only program.py) and a 16 MiB tmpfs /dev/shm, so total disk written is bounded.
+setpriv then drops to uid/gid 65534 with no capabilities, an empty bounding set and no_new_privs (no
+setuid binary gains anything). bwrap is not given a user namespace: started by root it would map the
+sandbox uid to host root, for which RLIMIT_NPROC is not enforced and root-owned files stay readable.
+rlimits: address space (memory_mb), CPU time, file size, open files and RLIMIT_NPROC (64 processes of
+uid 65534, which also bounds fork bombs: note that parallel sandboxes share this count); a wall-clock
+timeout SIGKILLs bwrap's process group and the namespace's init, which kills every process of the run.
+Not done: no seccomp filter (every system call is reachable by the uid-65534 process: the kernel is the
+attack surface; nested user namespaces can be created), no cgroup limits (memory is bounded per process
+by RLIMIT_AS only). isolation="none" is the explicit opt-out: a plain subprocess (unshare -n where
+permitted) with only the in-process layer below. Where bwrap cannot run, check_isolation raises a
+ConfigError naming task.execution.isolation=none; there is no silent fallback.
 
-How a pass is decided. The parent draws a random token per run and hands it to the sandboxed
-interpreter through a pipe that is read and closed before the program starts; it is never in the
-program text, argv, the environment, a file or an open descriptor. Only after the program (asserts
-included) has run to its end without raising does the runner write the token as the last stdout line
-and exit 0. A run passes only if the exit status is 0 *and* stdout ends with that token line, so exiting
-early with status 0 (``sys.exit(0)``, ``os._exit(0)``, an exit in ``atexit``), swallowing or patching
-exceptions, redefining ``print`` or guessing the token all score as failed.
+How a pass is decided. The parent draws a 128-bit token per run and hands it to the interpreter through
+a pipe that is read and closed before the program starts (never in the program text, argv, environment
+or a file). Only after the program (asserts included) has run to its end without raising does the runner
+write the token as the last stdout line and exit 0; a run passes only if bwrap reports exit status 0 *and*
+stdout ends with that line. So exiting early with status 0 (sys.exit, os._exit, atexit), swallowing or
+patching exceptions or printing a guessed token all fail. The token is in the runner's frame while the
+program runs, so the verdict rests on the program not reaching that frame or memory. The parent's
+memory is out of reach (other PID namespace, other uid). In-process, an audit hook (PEP 578: Python code
+cannot remove it) refuses every route plain Python has to frames or raw memory: sys._getframe (as a
+ValueError, which namedtuple/typing/enum/logging tolerate), sys._current_frames, tb_frame/gi_frame/
+cr_frame/ag_frame/f_back, settrace/setprofile, gc.get_objects/get_referrers/get_referents, every
+ctypes event and import of _ctypes/_testcapi/subinterpreters, code objects built by hand (code.__new__,
+code.replace, marshal.loads; imports therefore compile from source, no .pyc), re-importing or re-creating
+the builtin modules the guard patched (posix, _io, _signal, ...), and opening anything under /proc or
+through '..' (/proc/self/mem). signal.signal is refused (a handler receives the interrupted frame).
+Remaining hole: a program that corrupts interpreter memory through a CPython memory-safety bug (the
+crashers in CPython's test suite) can read the token and forge a pass; so can any route to frames or
+memory missing from the list above. And the tests run in the program's own interpreter, so a program
+can always make its tests vacuous (objects whose __eq__ is always True, rebinding names the tests use):
+a pass means "the appended tests ran to their end without raising", not "the solution is correct".
+
+The in-process guard is a second layer only (it is bypassable, e.g. through the originals kept in its
+closures): it refuses process creation, signalling, deletion/renaming and writes outside the working
+directory, and sockets; its purpose is clear error messages and the isolation="none" case.
 """
 
 from __future__ import annotations
