@@ -15,7 +15,9 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
 .PHONY: env run test lint clean
 
+# The code sandbox (lopa/sandbox.py) runs generated programs under bubblewrap; setpriv is in util-linux.
 env: $(STAMP)
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)

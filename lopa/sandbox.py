@@ -1,28 +1,54 @@
-"""The only place generated code is executed: a limited, network-less subprocess per program, and pass@k.
+"""The only place generated code is executed: one operating-system sandbox per program, and pass@k.
 
-Threat model. Generated code is buggy and occasionally hostile by accident (infinite loops, fork bombs,
-huge allocations, ``rm``-like calls, early ``sys.exit(0)``). Each program runs in its own interpreter
-(``python -I``) in a fresh temporary directory, in a new session whose whole process group is SIGKILLed
-when the run ends, with resource limits (address space, CPU time, file size, processes, open files), a
-wall-clock timeout, no network (``unshare -n`` where permitted, plus a socket guard), and a guard that
-disables process creation, signalling, deletion/renaming and writes outside the sandbox directory.
-The guard is in-process and best-effort: code written to escape *this* harness (re-importing builtin
-modules, reading interpreter memory) is not stopped by it. For adversarial code, also run the whole
-evaluation in a container or VM.
+Isolation (isolation="bwrap", the default; README "Code execution"). Each program runs under bubblewrap
+in new PID, mount, IPC, UTS, network (and cgroup) namespaces, with --die-with-parent and --new-session.
+The file system is read-only: /usr (and the /bin, /lib* links), /etc/ld.so.cache and /etc/localtime only,
+the Python installation and its site-packages; /proc is private to the PID namespace (no host process is
+visible), /dev is bwrap's minimal one, and the only writable places are a 64 MiB tmpfs /tmp (the working
+directory, holding a read-only program.py) and a 16 MiB tmpfs /dev/shm, so total disk written is bounded.
+setpriv then drops to uid/gid 65534 with no capabilities, an empty bounding set and no_new_privs (no
+setuid binary gains anything). bwrap is not given a user namespace: started by root it would map the
+sandbox uid to host root, for which RLIMIT_NPROC is not enforced and root-owned files stay readable.
+rlimits: address space (memory_mb), CPU time, file size, open files and RLIMIT_NPROC (64 processes of
+uid 65534, which also bounds fork bombs: note that parallel sandboxes share this count); a wall-clock
+timeout SIGKILLs bwrap's process group and the namespace's init, which kills every process of the run.
+Not done: no seccomp filter (every system call is reachable by the uid-65534 process: the kernel is the
+attack surface; nested user namespaces can be created), no cgroup limits (memory is bounded per process
+by RLIMIT_AS only). isolation="none" is the explicit opt-out: a plain subprocess (unshare -n where
+permitted) with only the in-process layer below. Where bwrap cannot run, check_isolation raises a
+ConfigError naming task.execution.isolation=none; there is no silent fallback.
 
-How a pass is decided. The parent draws a random token per run and hands it to the sandboxed
-interpreter through a pipe that is read and closed before the program starts; it is never in the
-program text, argv, the environment, a file or an open descriptor. Only after the program (asserts
-included) has run to its end without raising does the runner write the token as the last stdout line
-and exit 0. A run passes only if the exit status is 0 *and* stdout ends with that token line, so exiting
-early with status 0 (``sys.exit(0)``, ``os._exit(0)``, an exit in ``atexit``), swallowing or patching
-exceptions, redefining ``print`` or guessing the token all score as failed.
+How a pass is decided. The parent draws a 128-bit token per run and hands it to the interpreter through
+a pipe that is read and closed before the program starts (never in the program text, argv, environment
+or a file). Only after the program (asserts included) has run to its end without raising does the runner
+write the token as the last stdout line and exit 0; a run passes only if bwrap reports exit status 0 *and*
+stdout ends with that line. So exiting early with status 0 (sys.exit, os._exit, atexit), swallowing or
+patching exceptions or printing a guessed token all fail. The token is in the runner's frame while the
+program runs, so the verdict rests on the program not reaching that frame or memory. The parent's
+memory is out of reach (other PID namespace, other uid). In-process, an audit hook (PEP 578: Python code
+cannot remove it) refuses every route plain Python has to frames or raw memory: sys._getframe (as a
+ValueError, which namedtuple/typing/enum/logging tolerate), sys._current_frames, tb_frame/gi_frame/
+cr_frame/ag_frame/f_back, settrace/setprofile, gc.get_objects/get_referrers/get_referents, every
+ctypes event and import of _ctypes/_testcapi/subinterpreters, code objects built by hand (code.__new__,
+code.replace, marshal.loads; imports therefore compile from source, no .pyc), re-importing or re-creating
+the builtin modules the guard patched (posix, _io, _signal, ...), and opening anything under /proc or
+through '..' (/proc/self/mem). signal.signal is refused (a handler receives the interrupted frame).
+Remaining hole: a program that corrupts interpreter memory through a CPython memory-safety bug (the
+crashers in CPython's test suite) can read the token and forge a pass; so can any route to frames or
+memory missing from the list above. And the tests run in the program's own interpreter, so a program
+can always make its tests vacuous (objects whose __eq__ is always True, rebinding names the tests use):
+a pass means "the appended tests ran to their end without raising", not "the solution is correct".
+
+The in-process guard is a second layer only (it is bypassable, e.g. through the originals kept in its
+closures): it refuses process creation, signalling, deletion/renaming and writes outside the working
+directory, and sockets; its purpose is clear error messages and the isolation="none" case.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import re
 import secrets
 import select
 import shutil
@@ -36,8 +62,11 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from lopa.errors import ConfigError, check_choice
 
 STATUSES = ("passed", "failed", "timeout", "error")
 TAIL_BYTES = 4096  # how much of each output stream an ExecutionResult keeps
@@ -48,6 +77,9 @@ PROCESS_LIMIT = 64
 OPEN_FILES_LIMIT = 256
 SETUP_ERROR_EXIT = 125  # the runner's exit status when the sandbox itself could not be set up
 SETUP_ERROR_MARK = b"lopa-sandbox-setup-error"
+# Imports compile from source: .pyc files load through marshal.loads, which the audit hook refuses
+# (hand-made bytecode reads and writes arbitrary memory). A directory that cannot exist.
+NO_PYCACHE = "/dev/null/lopa-no-pycache"
 
 
 @dataclass
@@ -80,6 +112,7 @@ def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed 
     write, exit_now, base_exception = os.write, os._exit, BaseException
     excepthook, exc_info = sys.__excepthook__, sys.exc_info
     token_fd, program_path, sandbox_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    guarded = sys.argv[4] == "guard"
 
     def fail_setup(message: str) -> None:
         write(2, b"lopa-sandbox-setup-error: " + message.encode(errors="replace") + b"\n")
@@ -87,7 +120,7 @@ def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed 
 
     # Limits first: nothing untrusted has run yet, and everything after inherits them.
     try:
-        for spec in sys.argv[4:]:
+        for spec in sys.argv[5:]:
             name, soft, hard = spec.split(":")
             limit_id = getattr(resource, name)
             soft, hard = int(soft), int(hard)
@@ -112,115 +145,165 @@ def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed 
         excepthook(*exc_info())
         exit_now(1)
 
-    sandbox_prefix = os.path.realpath(sandbox_dir) + os.sep
-    realpath, fspath = os.path.realpath, os.fspath
-    real_open, real_os_open, real_mkdir, real_file_io = _io.open, os.open, os.mkdir, _io.FileIO
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    if guarded:  # False only in tests of the operating-system layer alone
+        sandbox_prefix = os.path.realpath(sandbox_dir) + os.sep
+        realpath, fspath = os.path.realpath, os.fspath
+        real_open, real_os_open, real_mkdir, real_file_io = _io.open, os.open, os.mkdir, _io.FileIO
+        write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
-    def refused(name: str):
-        def refuse(*args, **kwargs):
-            raise PermissionError(f"{name} is disabled inside the sandbox")
+        def refused(name: str):
+            def refuse(*args, **kwargs):
+                raise PermissionError(f"{name} is disabled inside the sandbox")
 
-        refuse.__name__ = name.rsplit(".", 1)[-1]
-        return refuse
+            refuse.__name__ = name.rsplit(".", 1)[-1]
+            return refuse
 
-    def check_inside(path, what: str) -> None:
-        if isinstance(path, int):  # an already open descriptor: nothing new is reached
-            return
-        try:
-            resolved = realpath(fspath(path))
-        except base_exception:
-            resolved = ""
-        if not isinstance(resolved, str):
-            resolved = os.fsdecode(resolved)
-        if not (resolved + os.sep).startswith(sandbox_prefix):
-            raise PermissionError(f"{what} outside the sandbox directory is disabled: {path!r}")
+        def check_inside(path, what: str) -> None:
+            if isinstance(path, int):  # an already open descriptor: nothing new is reached
+                return
+            try:
+                resolved = realpath(fspath(path))
+            except base_exception:
+                resolved = ""
+            if not isinstance(resolved, str):
+                resolved = os.fsdecode(resolved)
+            if not (resolved + os.sep).startswith(sandbox_prefix):
+                raise PermissionError(f"{what} outside the sandbox directory is disabled: {path!r}")
 
-    def guarded_open(file, mode="r", *args, **kwargs):
-        if any(flag in str(mode) for flag in "wax+"):
-            check_inside(file, "writing")
-        return real_open(file, mode, *args, **kwargs)
-
-    def guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
-        if flags & write_flags:
-            if dir_fd is not None:
-                raise PermissionError("writing through dir_fd is disabled inside the sandbox")
-            check_inside(path, "writing")
-        return real_os_open(path, flags, mode)
-
-    def guarded_mkdir(path, mode=0o777, *, dir_fd=None):
-        if dir_fd is not None:
-            raise PermissionError("mkdir through dir_fd is disabled inside the sandbox")
-        check_inside(path, "creating directories")
-        return real_mkdir(path, mode)
-
-    def path_guarded(name: str, function, num_paths: int = 1):
-        """`function` confined to paths inside the sandbox directory (deleting there is harmless)."""
-
-        def guarded(*args, **kwargs):
-            if any(kwargs.get(key) is not None for key in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
-                raise PermissionError(f"os.{name} through dir_fd is disabled inside the sandbox")
-            for path in args[:num_paths]:
-                check_inside(path, f"os.{name}")
-            return function(*args, **kwargs)
-
-        guarded.__name__ = name
-        return guarded
-
-    class GuardedFileIO(real_file_io):
-        def __init__(self, file, mode="r", closefd=True, opener=None):
+        def guarded_open(file, mode="r", *args, **kwargs):
             if any(flag in str(mode) for flag in "wax+"):
                 check_inside(file, "writing")
-            super().__init__(file, mode, closefd, opener)
+            return real_open(file, mode, *args, **kwargs)
 
-    import _posixsubprocess
-    import _signal
-    import _socket
-    import posix
+        def guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
+            if flags & write_flags:
+                if dir_fd is not None:
+                    raise PermissionError("writing through dir_fd is disabled inside the sandbox")
+                check_inside(path, "writing")
+            return real_os_open(path, flags, mode)
 
-    class RefusedSocket(_socket.socket):
-        __slots__ = ()  # socket.socket subclasses this and adds its own __weakref__ slot
+        def guarded_mkdir(path, mode=0o777, *, dir_fd=None):
+            if dir_fd is not None:
+                raise PermissionError("mkdir through dir_fd is disabled inside the sandbox")
+            check_inside(path, "creating directories")
+            return real_mkdir(path, mode)
 
-        def __init__(self, *args, **kwargs):
-            raise PermissionError("network access is disabled inside the sandbox")
+        def path_guarded(name: str, function, num_paths: int = 1):
+            """`function` confined to paths inside the sandbox directory (deleting there is harmless)."""
 
-    os_refused = (
-        "system popen fork forkpty kill killpg pidfd_open execv execve execl execle execlp execlpe execvp "
-        "execvpe _execvpe spawnv spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe posix_spawn "
-        "posix_spawnp link symlink chmod fchmod lchmod chown fchown lchown chroot mknod mkfifo setsid "
-        "setpgid setpgrp setuid setgid seteuid setegid setreuid setregid setresuid setresgid setgroups "
-        "initgroups setpriority sched_setscheduler setxattr removexattr"
-    ).split()
-    for name in os_refused:
+            def guarded(*args, **kwargs):
+                if any(kwargs.get(key) is not None for key in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
+                    raise PermissionError(f"os.{name} through dir_fd is disabled inside the sandbox")
+                for path in args[:num_paths]:
+                    check_inside(path, f"os.{name}")
+                return function(*args, **kwargs)
+
+            guarded.__name__ = name
+            return guarded
+
+        class GuardedFileIO(real_file_io):
+            def __init__(self, file, mode="r", closefd=True, opener=None):
+                if any(flag in str(mode) for flag in "wax+"):
+                    check_inside(file, "writing")
+                super().__init__(file, mode, closefd, opener)
+
+        import _posixsubprocess
+        import _signal
+        import _socket
+        import posix
+
+        class RefusedSocket(_socket.socket):
+            __slots__ = ()  # socket.socket subclasses this and adds its own __weakref__ slot
+
+            def __init__(self, *args, **kwargs):
+                raise PermissionError("network access is disabled inside the sandbox")
+
+        os_refused = (
+            "system popen fork forkpty kill killpg pidfd_open execv execve execl execle execlp execlpe execvp "
+            "execvpe _execvpe spawnv spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe posix_spawn "
+            "posix_spawnp link symlink chmod fchmod lchmod chown fchown lchown chroot mknod mkfifo setsid "
+            "setpgid setpgrp setuid setgid seteuid setegid setreuid setregid setresuid setresgid setgroups "
+            "initgroups setpriority sched_setscheduler setxattr removexattr"
+        ).split()
+        for name in os_refused:
+            for module in (os, posix):
+                if hasattr(module, name):
+                    setattr(module, name, refused(f"os.{name}"))
+        path_functions = {
+            name: path_guarded(name, getattr(os, name), num_paths)
+            for name, num_paths in (
+                ("remove", 1),
+                ("unlink", 1),
+                ("rmdir", 1),
+                ("truncate", 1),
+                ("rename", 2),
+                ("replace", 2),
+            )
+        }
         for module in (os, posix):
-            if hasattr(module, name):
-                setattr(module, name, refused(f"os.{name}"))
-    path_functions = {
-        name: path_guarded(name, getattr(os, name), num_paths)
-        for name, num_paths in (
-            ("remove", 1),
-            ("unlink", 1),
-            ("rmdir", 1),
-            ("truncate", 1),
-            ("rename", 2),
-            ("replace", 2),
+            module.open, module.mkdir = guarded_os_open, guarded_mkdir
+            for name, function in path_functions.items():
+                setattr(module, name, function)
+        builtins.open = io.open = _io.open = guarded_open
+        io.FileIO = _io.FileIO = GuardedFileIO
+        _posixsubprocess.fork_exec = refused("subprocess")
+        _signal.pidfd_send_signal = refused("signal.pidfd_send_signal")
+        _socket.socket = _socket.SocketType = RefusedSocket
+        resource.setrlimit = refused("resource.setrlimit")
+        resource.prlimit = refused("resource.prlimit")
+        # A trace function may set frame.f_lineno and so jump over the asserts.
+        sys.settrace, sys.setprofile = refused("sys.settrace"), refused("sys.setprofile")
+        for name in ("ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"):
+            sys.modules[name] = None
+
+        # Second layer, part two: an audit hook (PEP 578; Python code cannot remove one) that refuses the ways
+        # plain Python reaches this runner's frame (and so the token) or arbitrary memory: frames, gc
+        # introspection, ctypes, hand-built bytecode, re-imports of the patched builtin modules, /proc.
+        frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"))
+        refused_events = frozenset(
+            "sys._current_frames sys._current_exceptions sys.settrace sys.setprofile gc.get_objects "
+            "gc.get_referrers gc.get_referents code.__new__ marshal.loads marshal.load "
+            "function.__new__ cpython.run_interactivehook".split()
         )
-    }
-    for module in (os, posix):
-        module.open, module.mkdir = guarded_os_open, guarded_mkdir
-        for name, function in path_functions.items():
-            setattr(module, name, function)
-    builtins.open = io.open = _io.open = guarded_open
-    io.FileIO = _io.FileIO = GuardedFileIO
-    _posixsubprocess.fork_exec = refused("subprocess")
-    _signal.pidfd_send_signal = refused("signal.pidfd_send_signal")
-    _socket.socket = _socket.SocketType = RefusedSocket
-    resource.setrlimit = refused("resource.setrlimit")
-    resource.prlimit = refused("resource.prlimit")
-    # A trace function may set frame.f_lineno and so jump over the asserts.
-    sys.settrace, sys.setprofile = refused("sys.settrace"), refused("sys.setprofile")
-    for name in ("ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"):
-        sys.modules[name] = None
+        refused_imports = frozenset(
+            "ctypes _ctypes _testcapi _testinternalcapi _testbuffer _testmultiphase _xxsubinterpreters "
+            "_xxinterpchannels posix _posixsubprocess _signal _socket _io resource _imp".split()
+        )
+        permission_error, value_error, str_type, getcwd = PermissionError, ValueError, str, os.getcwd
+
+        def audit(event, args):
+            if event == "sys._getframe":  # ValueError: namedtuple, typing, enum and logging fall back on it
+                raise value_error("frame introspection is disabled inside the sandbox")
+            if event in refused_events or event.startswith("ctypes."):
+                raise permission_error(f"{event} is disabled inside the sandbox")
+            if event == "object.__getattr__" and type(args[1]) is str_type and args[1] in frame_attributes:
+                raise permission_error(f"{args[1]} is disabled inside the sandbox")
+            if event == "import" and type(args[0]) is str_type and args[0].rpartition(".")[2] in refused_imports:
+                raise permission_error(f"importing {args[0]} again is disabled inside the sandbox")
+            if event in ("open", "os.chdir", "os.listdir", "os.scandir") and args:
+                path = args[0]
+                if type(path) is bytes:
+                    path = path.decode(errors="replace")
+                if type(path) is str_type:  # no realpath: its helpers are Python the program could patch
+                    path = path if path.startswith("/") else getcwd() + "/" + path
+                    if "/proc" in path or ".." in path or path.startswith(("/dev/fd", "/dev/std")):
+                        raise permission_error(f"{event} of {path!r} is disabled inside the sandbox")
+
+        import _imp
+        import _signal
+        import signal
+
+        real_create_builtin = _imp.create_builtin
+
+        def guarded_create_builtin(spec):
+            if getattr(spec, "name", None) in refused_imports:
+                raise PermissionError("re-creating a patched builtin module is disabled inside the sandbox")
+            return real_create_builtin(spec)
+
+        _imp.create_builtin = guarded_create_builtin
+        # A signal handler receives the interrupted frame, whose f_back chain reaches this runner.
+        _signal.signal = signal.signal = refused("signal.signal")
+        sys.addaudithook(audit)
 
     main_module = types.ModuleType("__main__")
     main_module.__dict__.update({"__file__": program_path, "__builtins__": builtins})
@@ -274,6 +357,78 @@ def network_isolation_prefix() -> list[str]:
                     _isolation_prefix = prefix
                     break
         return list(_isolation_prefix)
+
+
+ISOLATIONS = ("bwrap", "none")
+SANDBOX_UID = 65534  # nobody
+TMP_BYTES = 64 * 2**20  # the sandbox's only writable places are two size-limited tmpfs: /tmp and /dev/shm
+SHM_BYTES = 16 * 2**20
+_bwrap_lock = threading.Lock()
+_bwrap_checked: str | None = None  # "" once a probe succeeded, else the reason it failed
+
+
+def check_isolation(isolation: str) -> None:
+    """Raise a ConfigError unless `isolation` is known and, for bwrap, usable here (probed once)."""
+    global _bwrap_checked
+    check_choice("task.execution.isolation", isolation, ISOLATIONS)
+    if isolation == "none":
+        return
+    with _bwrap_lock:
+        if _bwrap_checked is None:
+            _bwrap_checked = ""
+            if shutil.which("bwrap") is None or shutil.which("setpriv") is None:
+                _bwrap_checked = "bubblewrap (bwrap) or setpriv is not installed"
+            else:
+                try:
+                    probe = subprocess.run([*_bwrap_prefix(), "true"], capture_output=True, timeout=30)
+                    if probe.returncode != 0:
+                        _bwrap_checked = probe.stderr.decode(errors="replace").strip() or f"exit {probe.returncode}"
+                except (OSError, subprocess.SubprocessError) as error:
+                    _bwrap_checked = repr(error)
+        reason = _bwrap_checked
+    if reason:
+        raise ConfigError(
+            f"the code sandbox cannot start bwrap ({reason.splitlines()[0]}); install bubblewrap "
+            "(apt-get install bubblewrap) or set task.execution.isolation=none to run generated code "
+            "without operating-system isolation"
+        )
+
+
+def _python_roots() -> list[str]:
+    """Directories the sandboxed interpreter needs besides /usr: its installation and site-packages."""
+    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
+    roots.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
+    roots = {r for r in roots if not (r + "/").startswith("/usr/")}
+    return sorted(r for r in roots if not any(r.startswith(o + "/") for o in roots))
+
+
+def _bwrap_prefix() -> list[str]:
+    """bwrap + setpriv: new PID, mount, IPC, UTS, network (and cgroup) namespaces, a read-only system,
+    private /proc, /dev, and size-limited /tmp and /dev/shm; the program runs as uid/gid 65534 with
+    no capabilities and no_new_privs. No user namespace: bwrap run as root would map the sandbox uid
+    to host root (RLIMIT_NPROC is not enforced for it, root-owned files stay readable)."""
+    prefix = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
+              "--unshare-cgroup-try", "--die-with-parent", "--new-session",
+              "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",  # for setpriv only, dropped by it
+              "--ro-bind", "/usr", "/usr"]  # fmt: skip
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            prefix += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            prefix += ["--ro-bind", top, top]
+    for name in ("ld.so.cache", "localtime"):
+        prefix += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    for root in _python_roots():
+        parents = [p for p in Path(root).parents if str(p) != "/"][::-1]
+        for parent in parents:  # intermediate directories bwrap creates would be 0700: nobody could pass
+            prefix += ["--perms", "0755", "--dir", str(parent)]
+        prefix += ["--ro-bind", root, root]
+    prefix += ["--proc", "/proc", "--dev", "/dev",
+               "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
+               "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]  # fmt: skip
+    prefix += ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
+               "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+    return prefix
 
 
 def _limit_specs(timeout_s: float, memory_mb: int, max_output_bytes: int) -> list[str]:
@@ -341,23 +496,74 @@ def _remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
+def _wait_for_exit(pid: int | None, timeout_s: float) -> None:
+    """SIGKILL the sandbox's PID-namespace init (this kills every process in the namespace) and wait."""
+    if pid is None:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:  # already gone
+        return
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.poll(int(timeout_s * 1000))
+    finally:
+        os.close(pidfd)
+
+
 def run_program(
-    program: str, timeout_s: float = 10.0, memory_mb: int = 1024, max_output_bytes: int = 1_000_000
+    program: str,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    max_output_bytes: int = 1_000_000,
+    isolation: str = "bwrap",
+    _in_process_guard: bool = True,
 ) -> ExecutionResult:
-    """Run one Python program in the sandbox; passed only if it ran to its end (see the module docstring)."""
+    """Run one Python program in the sandbox; passed only if it ran to its end (see the module docstring).
+
+    isolation="bwrap" (the default) runs it under bubblewrap as uid 65534 and raises a ConfigError where
+    that is impossible; "none" is the explicit opt-out: a plain subprocess with only the in-process guard.
+    _in_process_guard=False drops the guard and audit hook: only for tests of the bwrap layer alone.
+    """
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
     if memory_mb < 64:
         raise ValueError(f"memory_mb must be at least 64 (the interpreter needs it), got {memory_mb!r}")
     if max_output_bytes < 1024:
         raise ValueError(f"max_output_bytes must be at least 1024, got {max_output_bytes!r}")
+    check_isolation(isolation)
     token = secrets.token_hex(16).encode()
     token_line = b"\n" + token + b"\n"
-    sandbox_dir = tempfile.mkdtemp(prefix="lopa-sandbox-")
+    host_dir = tempfile.mkdtemp(prefix="lopa-sandbox-")
+    fds: list[int] = []
     try:
-        program_path = os.path.join(sandbox_dir, "program.py")
-        with open(program_path, "w", encoding="utf-8") as handle:
+        host_program = os.path.join(host_dir, "program.py")
+        with open(host_program, "w", encoding="utf-8") as handle:
             handle.write(program)
+        token_read, token_write = os.pipe()
+        fds.append(token_read)
+        try:
+            os.write(token_write, token)
+        finally:
+            os.close(token_write)
+        if isolation == "bwrap":
+            sandbox_dir, program_path = "/tmp", "/tmp/program.py"
+            program_fd = os.open(host_program, os.O_RDONLY)
+            info_read, info_write = os.pipe()
+            fds += [program_fd, info_read, info_write]
+            prefix = _bwrap_prefix()
+            # bwrap options go before its trailing setpriv command.
+            at = prefix.index("setpriv")
+            prefix[at:at] = ["--perms", "0444", "--ro-bind-data", str(program_fd), program_path,
+                             "--chdir", sandbox_dir, "--info-fd", str(info_write)]  # fmt: skip
+        else:
+            sandbox_dir, program_path, info_read, info_write = host_dir, host_program, None, None
+            prefix = network_isolation_prefix()
         environment = {
             "PATH": "/usr/bin:/bin",
             "HOME": sandbox_dir,
@@ -369,15 +575,10 @@ def run_program(
             "MKL_NUM_THREADS": "1",
         }
         with tempfile.TemporaryFile() as stdout_file, tempfile.TemporaryFile() as stderr_file:
-            token_read, token_write = os.pipe()
-            try:
-                os.write(token_write, token)
-            finally:
-                os.close(token_write)
             command = [
-                *network_isolation_prefix(),
-                sys.executable, "-I", "-B", "-X", "utf8", "-c", _CHILD_SOURCE,
-                str(token_read), program_path, sandbox_dir,
+                *prefix,
+                sys.executable, "-I", "-B", "-X", "utf8", "-X", f"pycache_prefix={NO_PYCACHE}", "-c", _CHILD_SOURCE,
+                str(token_read), program_path, sandbox_dir, "guard" if _in_process_guard else "noguard",
                 *_limit_specs(timeout_s, memory_mb, max_output_bytes),
             ]  # fmt: skip
             start = time.monotonic()
@@ -387,29 +588,43 @@ def run_program(
                     stdin=subprocess.DEVNULL,
                     stdout=stdout_file,
                     stderr=stderr_file,
-                    cwd=sandbox_dir,
+                    cwd=host_dir,
                     env=environment,
                     start_new_session=True,
-                    pass_fds=(token_read,),
+                    pass_fds=tuple(fds),
                 )
             except OSError as error:
                 return ExecutionResult(False, "error", "", f"could not start the sandbox: {error!r}", 0.0)
             finally:
-                os.close(token_read)
+                for fd in fds:
+                    if fd != info_read:
+                        os.close(fd)
+                fds = [info_read] if info_read is not None else []
+            init_pid = None
+            if info_read is not None:  # bwrap writes {"child-pid": N} (the namespace's init) and closes it
+                with os.fdopen(info_read, "rb") as info:
+                    fds = []
+                    match = re.search(rb'"child-pid": *([0-9]+)', info.read())
+                init_pid = int(match.group(1)) if match else None
             timed_out = _wait_and_kill_group(process, timeout_s)
+            _wait_for_exit(init_pid, 5.0)
             duration_s = time.monotonic() - start
             stdout = _read_tail(stdout_file, TAIL_BYTES + len(token_line))
             stderr = _read_tail(stderr_file, TAIL_BYTES)
     finally:
-        _remove_tree(sandbox_dir)
+        for fd in fds:
+            os.close(fd)
+        _remove_tree(host_dir)
 
     returncode = process.returncode
+    if isolation == "bwrap" and returncode is not None and returncode > 128:
+        returncode = 128 - returncode  # bwrap reports a child killed by signal N as 128 + N
     passed = not timed_out and returncode == 0 and stdout.endswith(token_line)
     if passed:
         status, stdout = "passed", stdout[: -len(token_line)]
     elif timed_out or returncode == -signal.SIGXCPU:
         status = "timeout"
-    elif returncode == SETUP_ERROR_EXIT and stderr.startswith(SETUP_ERROR_MARK):
+    elif returncode == SETUP_ERROR_EXIT and stderr.startswith(SETUP_ERROR_MARK) or stderr.startswith(b"bwrap:"):
         status = "error"
     else:
         status = "failed"

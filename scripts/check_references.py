@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lopa.code_prompts import truncate_at_stops  # noqa: E402
-from lopa.sandbox import network_isolation_prefix  # noqa: E402
+from lopa.sandbox import ISOLATIONS  # noqa: E402
 from lopa.tasks.code import CodeGenerationTask  # noqa: E402
 
 TASK_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "task" / "code"
@@ -45,14 +45,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--limit", type=int, default=None, help="only the first N problems of each task")
     parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
+    parser.add_argument("--isolation", choices=ISOLATIONS, default=None, help="override task.execution.isolation")
     args = parser.parse_args()
 
-    isolation = " ".join(network_isolation_prefix()) or "none (socket guard only)"
-    print(f"network isolation: {isolation}", file=sys.stderr)
     summary, failures = [], []
     for name in args.tasks:
         cfg = OmegaConf.load(TASK_CONFIGS / f"{name}.yaml")
         cfg.execution.workers, cfg.execution.timeout_s = args.workers, args.timeout
+        if args.isolation is not None:
+            cfg.execution.isolation = args.isolation
+        print(f"{name}: isolation {cfg.execution.isolation}", file=sys.stderr)
         task = CodeGenerationTask(cfg, tokenizer=None, fm_kind="causal", data_dir=str(args.data_dir))
         generations = reference_generations(task)[: args.limit]
         print(f"{name}: running {len(generations)} reference programs", file=sys.stderr)

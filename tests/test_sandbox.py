@@ -216,3 +216,16 @@ def test_mean_pass_at_k_averages_over_problems():
     assert mean_pass_at_k([1, 0], [1, 2]) == {"pass@1": 0.5}
     with pytest.raises(ValueError, match="2 sample counts for 3 problems"):
         mean_pass_at_k([1, 0, 1], [1, 2])
+
+
+def test_isolation_is_validated_and_a_missing_bwrap_is_one_clear_error(monkeypatch):
+    import lopa.sandbox as sandbox
+    from lopa.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="task.execution.isolation"):
+        run_program(CORRECT, isolation="docker")
+    monkeypatch.setattr(sandbox, "_bwrap_checked", None)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="task.execution.isolation=none"):
+        run_program(CORRECT)
+    assert run_program(CORRECT, isolation="none").passed

@@ -19,7 +19,7 @@ from lopa.data import load_rows, read_jsonl
 from lopa.errors import ConfigError, check_choice
 from lopa.progress import progress_bar
 from lopa.records import atomic_write
-from lopa.sandbox import mean_pass_at_k, run_programs
+from lopa.sandbox import ISOLATIONS, check_isolation, mean_pass_at_k, run_programs
 from lopa.tasks import TASK_KINDS
 from lopa.tasks.base import Task
 
@@ -81,6 +81,11 @@ class CodeGenerationTask(Task):
         super().__init__(cfg, tokenizer, fm_kind, data_dir)
         check_choice("code task format", cfg.format, FORMATS)
         check_choice("eval stage", cfg.stage, STAGES)
+        # Before any work: a bad value, or bwrap missing where it will run programs, is one ConfigError line.
+        isolation = cfg.execution.get("isolation", "bwrap")
+        check_choice("task.execution.isolation", isolation, ISOLATIONS)
+        if cfg.stage == "all":
+            check_isolation(isolation)
         if fm_kind != "causal":
             raise ConfigError(f"code task {cfg.name!r} needs a causal FM, got a {fm_kind} one")
         self.format = FORMATS[cfg.format]
