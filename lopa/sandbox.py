@@ -418,14 +418,15 @@ def _bwrap_prefix() -> list[str]:
             prefix += ["--ro-bind", top, top]
     for name in ("ld.so.cache", "localtime"):
         prefix += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    # The private mounts first, so that a Python installation or venv under /tmp (a CI checkout) is bound on top.
+    prefix += ["--proc", "/proc", "--dev", "/dev",
+               "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
+               "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]  # fmt: skip
     for root in _python_roots():
         parents = [p for p in Path(root).parents if str(p) != "/"][::-1]
         for parent in parents:  # intermediate directories bwrap creates would be 0700: nobody could pass
             prefix += ["--perms", "0755", "--dir", str(parent)]
         prefix += ["--ro-bind", root, root]
-    prefix += ["--proc", "/proc", "--dev", "/dev",
-               "--perms", "1777", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",
-               "--perms", "1777", "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm"]  # fmt: skip
     prefix += ["setpriv", f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups",
                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
     return prefix
