@@ -14,20 +14,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from lopa.errors import ConfigError, check_choice
+from lopa.fm_kinds import fm_kind_class
 
 log = logging.getLogger(__name__)
 
-MODEL_KINDS = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -76,7 +69,7 @@ def dequantised_gguf(cfg: DictConfig) -> str:
     log.info("dequantising %s once into %s", gguf_path, cached)
     source = str(gguf_path.parent)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=cfg.gguf_file)
-    fm = MODEL_KINDS[cfg.kind].from_pretrained(source, gguf_file=cfg.gguf_file, dtype=torch.float32)
+    fm = fm_kind_class(cfg.kind).auto_class.from_pretrained(source, gguf_file=cfg.gguf_file, dtype=torch.float32)
     fm.config.__dict__.pop("quantization_config", None)  # the dequantised weights are plain fp32
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=".staging-"))
@@ -103,15 +96,15 @@ def load_tokenizer(cfg: DictConfig) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     # Causal FMs score the last position, and generation needs the text to end at the right edge.
-    tokenizer.padding_side = "left" if cfg.kind == "causal" else "right"
+    tokenizer.padding_side = fm_kind_class(cfg.kind).padding_side
     return tokenizer
 
 
 def load_fm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
     """Load pretrained weights, or build a randomly initialised model from `cfg.architecture`."""
-    check_choice("model kind", cfg.kind, MODEL_KINDS)
+    kind = fm_kind_class(cfg.kind)
     check_choice("dtype", cfg.dtype, DTYPES)
-    auto_class = MODEL_KINDS[cfg.kind]
+    auto_class = kind.auto_class
     dtype = DTYPES[cfg.dtype]
     if cfg.pretrained is None:
         if cfg.architecture is None:
@@ -130,24 +123,7 @@ def load_fm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
         fm.config.decoder_start_token_id = fm.config.pad_token_id
     if cfg.kind == "seq2seq" and fm.generation_config.decoder_start_token_id is None:
         fm.generation_config.decoder_start_token_id = fm.config.decoder_start_token_id
-    hidden = input_embedding_dim(fm)
+    hidden = kind.token_embeddings(fm).weight.shape[1]
     if cfg.get("hidden_size") and cfg.hidden_size != hidden:
         log.warning("model config says hidden_size=%s but the loaded FM has %s", cfg.hidden_size, hidden)
     return fm
-
-
-def input_embedding_dim(fm: nn.Module) -> int:
-    """Width d of the FM's input embeddings (the width of a soft prompt)."""
-    return fm.get_input_embeddings().weight.shape[1]
-
-
-def output_head(fm: nn.Module) -> nn.Module:
-    """The module mapping the base model's hidden states to vocabulary logits (lm_head, RoBERTa's head, BERT's cls)."""
-    base = fm.base_model
-    heads = [child for child in fm.children() if child is not base]
-    if len(heads) != 1:
-        names = [name for name, _ in fm.named_children()]
-        raise ConfigError(f"cannot find the output head of {type(fm).__name__} (children: {names})")
-    if getattr(fm.config, "final_logit_softcapping", None):
-        raise ConfigError(f"{type(fm).__name__} soft-caps its logits, which scoring at selected positions skips")
-    return heads[0]

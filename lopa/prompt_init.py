@@ -21,14 +21,14 @@ def frequent_token_ids(ctx: MethodContext, count: int = FREQUENT_VOCAB_SIZE) -> 
     for text in ctx.init_texts or []:
         counts.update(i for i in ctx.tokenizer.encode(text, add_special_tokens=False) if i not in special)
     if not counts:
-        return [i for i in range(min(count, ctx.fm.get_input_embeddings().num_embeddings)) if i not in special]
+        return [i for i in range(min(count, ctx.token_embeddings.num_embeddings)) if i not in special]
     return [token for token, _ in counts.most_common(count)]
 
 
 def initial_prompt(init: str, prompt_length: int, ctx: MethodContext, init_text: str | None = None) -> Tensor:
     """An [m, d] table initialised as Lester et al. describe (METHODS.md §3)."""
     check_choice("prompt init", init, PROMPT_INITS)
-    embeddings = ctx.fm.get_input_embeddings().weight.detach().float()
+    embeddings = ctx.token_embeddings.weight.detach().float()
     if init == "uniform":
         return torch.empty(prompt_length, ctx.embed_dim).uniform_(-0.5, 0.5)
     if init == "normal":  # N(0, 1): PEFT's RANDOM, DePT's and the official LoPA code's prompt init

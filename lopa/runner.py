@@ -163,7 +163,7 @@ def prompt_scale(model: TunedModel) -> dict:
     """Mean row norm of the method's shared [m, d] prompt beside that of the FM's token embeddings: a prompt far
     longer than the tokens it sits next to dominates a pre-norm decoder's residual stream (issue 12)."""
     prompt = model.method.shared_prompt().detach().float()
-    tokens = model.fm.get_input_embeddings().weight.detach().float()
+    tokens = model.kind.token_embeddings(model.fm).weight.detach().float()
     return {"prompt_row_norm": round(prompt.norm(dim=-1).mean().item(), 4),
             "token_embedding_row_norm": round(tokens.norm(dim=-1).mean().item(), 4),
             "token_embedding_std": round(tokens.std().item(), 5)}

@@ -386,7 +386,7 @@ def our_step(model: TunedModel, optimizer, trainable, batch: dict, amp: torch.dt
 
 def full_vocab_loss(model: TunedModel, batch: dict) -> torch.Tensor:
     """The comparison path: the FM's own [B, L, V] logits, then the scored positions."""
-    inputs = model._prompted_inputs(batch)
+    inputs = model.prompted_inputs(batch)
     targets = inputs.pop("target_ids")
     logits = model.fm(**inputs).logits
     scored = targets != -100
@@ -394,7 +394,7 @@ def full_vocab_loss(model: TunedModel, batch: dict) -> torch.Tensor:
 
 
 def full_vocab_forward(model: TunedModel, batch: dict) -> torch.Tensor:
-    inputs = model._prompted_inputs(batch)
+    inputs = model.prompted_inputs(batch)
     targets = inputs.pop("target_ids")
     return model.fm(**inputs).logits[targets != -100]
 

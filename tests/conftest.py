@@ -22,6 +22,16 @@ SHARED_DATA = Path(os.environ.get("LOPA_DATA_DIR", REPO.parent / "shared" / "dat
 WORDS = "the a cat dog sat ran on under mat house river big small red quickly slowly saw found bird tree".split()
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """Accelerate keeps one process-wide state: a test's Accelerator(mixed_precision=...) must not meet an earlier
+    test's settings (it raises, or silently inherits them)."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def compose_config(*overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
