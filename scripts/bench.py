@@ -531,74 +531,85 @@ def load_architecture(args, arch: str) -> tuple[list[str], object, nn.Module, st
     return overrides, tokenizer, fm, f"{arch} (random init)"
 
 
-def bench_fm(args, overrides: list[str], tokenizer, base_fm: nn.Module, fm_name: str, device: torch.device) -> dict:
-    cfg = compose_config(*overrides)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype)
-    base_fm.to(device).requires_grad_(False)
-    task = build_task(cfg.task, tokenizer, cfg.model.kind, args.data_dir)
-    train_rows, eval_rows = task.load("train"), task.load("eval")
-    batch = move(benchmark_batch(task, train_rows, args.batch_size, args.seq_len, device, "train"), device)
-    max_norm = float(cfg.trainer.max_grad_norm or 1.0)
-    methods = list(args.methods) if args.methods else (list(QUICK_METHODS) if args.quick else known_methods())
-    variants: list[Variant] = []
-    skipped: dict[str, str] = {}
-    models: dict[str, TunedModel] = {}
-    method_cfgs: dict[str, DictConfig] = {}
-    print(f"building {len(methods)} methods on {fm_name} ...", flush=True)
+@dataclass
+class BenchSetup:
+    """What every variant of one FM's benchmark shares: the FM, its task, the one batch and the precision."""
+
+    args: argparse.Namespace
+    overrides: list[str]
+    tokenizer: object
+    base_fm: nn.Module
+    task: object
+    train_rows: list[dict]
+    batch: dict
+    amp: torch.dtype | None
+    device: torch.device
+    max_norm: float
+
+    def step(self, model: TunedModel, cfg: DictConfig, amp: torch.dtype | None = None, **kwargs) -> Callable[[], float]:
+        """A training step of `model` with a fresh optimiser (under `amp`, default the benchmark's precision)."""
+        optimizer, trainable = optimizer_for(model, cfg)
+        return our_step(model, optimizer, trainable, self.batch, amp or self.amp, self.device, self.max_norm, **kwargs)
+
+
+def method_variants(setup: BenchSetup, methods: list[str]) -> tuple[dict, dict, list[Variant], dict]:
+    """(models, their configs, one variant each, {method: why skipped}): every method that builds and steps here."""
+    models, method_cfgs, variants, skipped = {}, {}, [], {}
     for name in methods:
         try:
-            method_cfg = compose_config(*overrides, f"method={name}", *args.override)
-            model = build_ours(method_cfg, base_fm, tokenizer, task, train_rows).to(device)
-            optimizer, trainable = optimizer_for(model, method_cfg)
-            if not trainable:
+            method_cfg = compose_config(*setup.overrides, f"method={name}", *setup.args.override)
+            model = build_ours(method_cfg, setup.base_fm, setup.tokenizer, setup.task, setup.train_rows).to(setup.device)
+            trainable_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            if not trainable_count:
                 raise ValueError("no trainable parameters")
-            step = our_step(model, optimizer, trainable, batch, amp, device, max_norm)
+            step = setup.step(model, method_cfg)
             step()  # fails here rather than in the middle of the timing rounds
         except Exception as error:  # a method that cannot run here is skipped, not fatal
             skipped[name] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
             print(f"  skip {name}: {skipped[name]}", flush=True)
             continue
         models[name], method_cfgs[name] = model, method_cfg
-        trainable_count = sum(p.numel() for p in trainable)
-        variants.append(Variant(name, "ours", step, our_eval(model, batch, amp, device),
+        variants.append(Variant(name, "ours", step, our_eval(model, setup.batch, setup.amp, setup.device),
                                 f"{trainable_count:,} trainable, {model.num_virtual_tokens} virtual tokens"))
+    return models, method_cfgs, variants, skipped
 
-    lora_targets = list(cfg.model.lora_target_modules)
-    peft_batch = peft_inputs(batch)
-    variants.append(build_peft(
-        base_fm, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=PEFT_PROMPT_TOKENS), 1e-3, peft_batch,
-        amp, device, max_norm, "peft_prompt_tuning", f"PEFT PromptTuningConfig, {PEFT_PROMPT_TOKENS} virtual tokens"))
-    variants.append(build_peft(
-        base_fm, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=lora_targets, lora_dropout=0.1),
-        1e-4, peft_batch, amp, device, max_norm, "peft_lora", f"PEFT LoraConfig r=16 on {','.join(lora_targets)}"))
 
+def peft_variants(setup: BenchSetup, lora_targets: list[str]) -> list[Variant]:
+    """The references: PEFT's own prompt tuning and LoRA on the same batch."""
+    inputs = peft_inputs(setup.batch)
+    common = (inputs, setup.amp, setup.device, setup.max_norm)
+    return [
+        build_peft(setup.base_fm, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=PEFT_PROMPT_TOKENS), 1e-3,
+                   *common, "peft_prompt_tuning", f"PEFT PromptTuningConfig, {PEFT_PROMPT_TOKENS} virtual tokens"),
+        build_peft(setup.base_fm, LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, target_modules=lora_targets,
+                                             lora_dropout=0.1),
+                   1e-4, *common, "peft_lora", f"PEFT LoraConfig r=16 on {','.join(lora_targets)}"),
+    ]
+
+
+def option_variants(setup: BenchSetup, models: dict, method_cfgs: dict) -> list[Variant]:
+    """Our options and the naive paths they replace: full-vocabulary logits, bf16, checkpointing, uncached features."""
+    variants = []
+    batch, amp, device, quick = setup.batch, setup.amp, setup.device, setup.args.quick
     if "prompt_tuning" in models:
         pt, pt_cfg = models["prompt_tuning"], method_cfgs["prompt_tuning"]
-        optimizer, trainable = optimizer_for(pt, pt_cfg)
-        variants.append(Variant(
-            "prompt_tuning_full_vocab", "baseline",
-            our_step(pt, optimizer, trainable, batch, amp, device, max_norm, loss_fn=full_vocab_loss),
-            our_eval(pt, batch, amp, device, forward=full_vocab_forward),
-            "our prompt tuning, full [B, L, V] logits then the scored position"))
-        if not args.quick:
-            if amp is None:
-                variants.append(Variant(
-                    "prompt_tuning_bf16", "option", our_step(pt, optimizer, trainable, batch, torch.bfloat16, device,
-                                                             max_norm),
-                    our_eval(pt, batch, torch.bfloat16, device), "trainer.mixed_precision=bf16 (autocast)", "bf16"))
-            checkpointed = build_ours(pt_cfg, base_fm, tokenizer, task, train_rows).to(device)
+        variants.append(Variant("prompt_tuning_full_vocab", "baseline", setup.step(pt, pt_cfg, loss_fn=full_vocab_loss),
+                                our_eval(pt, batch, amp, device, forward=full_vocab_forward),
+                                "our prompt tuning, full [B, L, V] logits then the scored position"))
+        if not quick and amp is None:
+            variants.append(Variant("prompt_tuning_bf16", "option", setup.step(pt, pt_cfg, amp=torch.bfloat16),
+                                    our_eval(pt, batch, torch.bfloat16, device), "trainer.mixed_precision=bf16 (autocast)",
+                                    "bf16"))
+        if not quick:
+            checkpointed = build_ours(pt_cfg, setup.base_fm, setup.tokenizer, setup.task, setup.train_rows).to(device)
             checkpointed.fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            optimizer, trainable = optimizer_for(checkpointed, pt_cfg)
-            variants.append(Variant(
-                "prompt_tuning_checkpointing", "option",
-                our_step(checkpointed, optimizer, trainable, batch, amp, device, max_norm),
-                note="trainer.gradient_checkpointing=true"))
+            variants.append(Variant("prompt_tuning_checkpointing", "option", setup.step(checkpointed, pt_cfg),
+                                    note="trainer.gradient_checkpointing=true"))
     for name in ("lopa", "idpg"):
         encoder = getattr(models[name].method, "instance_encoder", None) if name in models else None
-        if encoder is None or args.quick:
+        if encoder is None or quick:
             continue
-        model, optimizer_trainable = models[name], optimizer_for(models[name], method_cfgs[name])
-        cached_step = our_step(model, *optimizer_trainable, batch, amp, device, max_norm)
+        cached_step = setup.step(models[name], method_cfgs[name])
 
         def uncached_step(encoder=encoder, cached_step=cached_step):
             encoder.feature_cache.clear()
@@ -606,10 +617,50 @@ def bench_fm(args, overrides: list[str], tokenizer, base_fm: nn.Module, fm_name:
 
         variants.append(Variant(f"{name}_features_uncached", "option", uncached_step,
                                 note="instance features re-encoded every step (method.cache_features=false)"))
+    return variants
 
-    print(f"warm-up step of the {len(variants) - len(models)} other variants ...", flush=True)
-    for variant in variants[len(models):]:
+
+def train_summary(variant: Variant, args: argparse.Namespace, peaks: dict, device: torch.device) -> dict:
+    """Median step time, tokens/s, peak memory and FLOP utilisation of one variant's training steps."""
+    summary = variant.train_samples.summary()
+    precision = variant.precision or args.dtype
+    entry = {"kind": variant.kind, "note": variant.note, "precision": precision, **summary,
+             "tokens_per_s": args.batch_size * args.seq_len / summary["median_s"], "peak_memory_mib": variant.memory_mib,
+             "flops_per_step": variant.flops_per_step}
+    if variant.flops_per_step:
+        entry["achieved_flops"] = variant.flops_per_step / summary["median_s"]
+        entry["utilisation_of_matmul_peak"] = entry["achieved_flops"] / peaks[precision]
+        spec = gpu_spec_peak(device)
+        if spec:
+            entry["mfu_vs_spec_peak"] = entry["achieved_flops"] / spec
+    return entry
+
+
+def eval_summary(variant: Variant, batch_size: int) -> dict:
+    summary = variant.eval_samples.summary()
+    return {**summary, "examples_per_s": batch_size / summary["median_s"]}
+
+
+def bench_fm(args, overrides: list[str], tokenizer, base_fm: nn.Module, fm_name: str, device: torch.device) -> dict:
+    """Every method's training step and scored forward on one FM, beside PEFT and the naive paths, then generation."""
+    cfg = compose_config(*overrides)
+    base_fm.to(device).requires_grad_(False)
+    task = build_task(cfg.task, tokenizer, cfg.model.kind, args.data_dir)
+    train_rows, eval_rows = task.load("train"), task.load("eval")
+    setup = BenchSetup(args, overrides, tokenizer, base_fm, task, train_rows,
+                       batch=move(benchmark_batch(task, train_rows, args.batch_size, args.seq_len, device, "train"), device),
+                       amp={"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype), device=device,
+                       max_norm=float(cfg.trainer.max_grad_norm or 1.0))
+    methods = list(args.methods) if args.methods else (list(QUICK_METHODS) if args.quick else known_methods())
+
+    print(f"building {len(methods)} methods on {fm_name} ...", flush=True)
+    models, method_cfgs, variants, skipped = method_variants(setup, methods)
+    others = peft_variants(setup, list(cfg.model.lora_target_modules)) + option_variants(setup, models, method_cfgs)
+    print(f"warm-up step of the {len(others)} other variants ...", flush=True)
+    for variant in others:
         variant.step()
+    variants += others
+
     if "train" in args.sections:
         print(f"timing {len(variants)} training steps: {args.warmup} more warm-up + {args.repeats} rounds ...",
               flush=True)
@@ -624,7 +675,7 @@ def bench_fm(args, overrides: list[str], tokenizer, base_fm: nn.Module, fm_name:
     if generator_name is not None and "generation" in args.sections:
         print(f"generation with {generator_name}: batch {args.gen_batch} vs one at a time ...", flush=True)
         generation = generation_benchmark(models[generator_name], task, eval_rows, args.gen_batch, args.gen_tokens,
-                                          args.gen_prompt_len, args.gen_single, args.gen_repeats, amp, device,
+                                          args.gen_prompt_len, args.gen_single, args.gen_repeats, setup.amp, device,
                                           tokenizer.pad_token_id)
         generation["method"] = generator_name
 
@@ -635,29 +686,8 @@ def bench_fm(args, overrides: list[str], tokenizer, base_fm: nn.Module, fm_name:
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     precisions = sorted({v.precision or args.dtype for v in variants} | {args.dtype})
     peaks = {precision: matmul_peak_flops(device, dtypes[precision]) for precision in precisions}
-    tokens = args.batch_size * args.seq_len
-    train = {}
-    for variant in variants:
-        if not variant.train_samples.wall:
-            continue
-        summary = variant.train_samples.summary()
-        precision = variant.precision or args.dtype
-        entry = {"kind": variant.kind, "note": variant.note, "precision": precision, **summary,
-                 "tokens_per_s": tokens / summary["median_s"], "peak_memory_mib": variant.memory_mib,
-                 "flops_per_step": variant.flops_per_step}
-        if variant.flops_per_step:
-            entry["achieved_flops"] = variant.flops_per_step / summary["median_s"]
-            entry["utilisation_of_matmul_peak"] = entry["achieved_flops"] / peaks[precision]
-            spec = gpu_spec_peak(device)
-            if spec:
-                entry["mfu_vs_spec_peak"] = entry["achieved_flops"] / spec
-        train[variant.name] = entry
-    evaluation = {}
-    for variant in eval_variants:
-        if not variant.eval_samples.wall:
-            continue
-        summary = variant.eval_samples.summary()
-        evaluation[variant.name] = {**summary, "examples_per_s": args.batch_size / summary["median_s"]}
+    train = {v.name: train_summary(v, args, peaks, device) for v in variants if v.train_samples.wall}
+    evaluation = {v.name: eval_summary(v, args.batch_size) for v in eval_variants if v.eval_samples.wall}
     return {
         "fm": fm_name, "batch_size": args.batch_size, "seq_len": args.seq_len, "precision": args.dtype,
         "methods_requested": methods, "skipped": skipped, "matmul_peak_flops": peaks, "train": train,
