@@ -370,11 +370,17 @@ def optimizer_for(model: TunedModel, cfg: DictConfig) -> tuple[torch.optim.Optim
 def our_step(model: TunedModel, optimizer, trainable, batch: dict, amp: torch.dtype | None, device, max_norm: float,
              loss_fn: Callable[[TunedModel, dict], torch.Tensor] = scored_loss) -> Callable[[], float]:
     """The trainer's step: loss (forward under autocast, as Accelerate wraps it), backward, clip, AdamW, zero_grad."""
+    return training_step(model, lambda: loss_fn(model, batch), optimizer, trainable, amp, device, max_norm)
+
+
+def training_step(module: nn.Module, loss_of: Callable[[], torch.Tensor], optimizer, trainable, amp, device,
+                  max_norm: float) -> Callable[[], float]:
+    """One timed step, the same for ours and PEFT's: forward under autocast, backward, clip, AdamW, zero_grad."""
 
     def step() -> float:
-        model.train()
+        module.train()
         with autocast_context(device, amp):
-            loss = loss_fn(model, batch)
+            loss = loss_of()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, max_norm)
         optimizer.step()
@@ -411,17 +417,7 @@ def our_eval(model: TunedModel, batch: dict, amp, device, forward=None) -> Calla
 
 
 def peft_step(peft_model, optimizer, trainable, inputs: dict, amp, device, max_norm: float) -> Callable[[], float]:
-    def step() -> float:
-        peft_model.train()
-        with autocast_context(device, amp):
-            loss = peft_model(**inputs).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.detach().float().item()
-
-    return step
+    return training_step(peft_model, lambda: peft_model(**inputs).loss, optimizer, trainable, amp, device, max_norm)
 
 
 def peft_eval(peft_model, inputs: dict, amp, device) -> Callable[[], object]:

@@ -19,6 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from lopa.records import atomic_write  # noqa: E402
+
 METHOD_LABELS = {"zero_shot": "none", "full_ft": "full FT", "lora": "LoRA", "prompt_tuning": "PT",
                  "idpg": "S-IDPG", "lopa": "LoPA", "accept": "ACCEPT", "dept": "DePT",
                  "lowrank_prompt": "low-rank PT", "residual_prompt": "residual PT"}  # paper order first
@@ -71,6 +74,14 @@ def task_axes(tasks: list[str]) -> tuple[plt.Figure, list[plt.Axes]]:
     return fig, list(axes.flat[:len(tasks)])
 
 
+def style_panel(ax: plt.Axes, task: str, xlabel: str, ylabel: str) -> None:
+    """Title (the task's label), axis labels and grid of one task's panel."""
+    ax.set_title(TASK_LABELS.get(task.split("/")[-1], task))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def ylabel(frame: pd.DataFrame) -> str:
     metrics = sorted(frame["metric"].dropna().unique())
     return (", ".join(metrics) or "score") + " (%)"
@@ -91,20 +102,19 @@ def plot_params(frame: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
                                  marker=MARKERS.get(values["method"], "o"), capsize=2, label=label)
             handles.setdefault(label, handle)
         ax.set_xscale("log")
-        ax.set_title(TASK_LABELS.get(task, task))
-        ax.set_xlabel("trainable parameters")
-        ax.set_ylabel(ylabel(frame))
-        ax.grid(alpha=0.3)
+        style_panel(ax, task, "trainable parameters", ylabel(frame))
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(6, len(handles)), frameon=False)
     fig.suptitle(f"{name}: score vs trainable parameters")
     return save(fig, out_dir, f"{name}_params")
 
 
 def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+    """<stem>.png and <stem>.pdf in out_dir, each written atomically (a reader never sees half a figure)."""
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{stem}.{ext}"
+        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150))
+        paths.append(path)
     plt.close(fig)
     return paths
 
@@ -129,10 +139,7 @@ def plot_sweep(frame: pd.DataFrame, out_dir: Path, name: str, x: str, xlabel: st
             ax.set_xscale("log")
         ax.set_xticks(ticks, [str(int(t)) for t in ticks])
         ax.minorticks_off()
-        ax.set_title(TASK_LABELS.get(task, task))
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel(frame))
-        ax.grid(alpha=0.3)
+        style_panel(ax, task, xlabel, ylabel(frame))
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncol=min(6, len(handles)), frameon=False)
     fig.suptitle(f"{name}: score vs {xlabel}")
     return save(fig, out_dir, f"{name}_{x}")

@@ -26,7 +26,7 @@ import pandas as pd  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
-from plot_results import MARKERS, METHOD_LABELS, TASK_LABELS  # noqa: E402
+from plot_results import MARKERS, METHOD_LABELS, TASK_LABELS, save, style_panel  # noqa: E402
 
 from lopa.records import atomic_write  # noqa: E402
 from lopa.study import (  # noqa: E402
@@ -303,14 +303,13 @@ def latex(frame_: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
-    paths = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{stem}.{ext}"
-        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150))
-        paths.append(path)
-    plt.close(fig)
-    return paths
+def finish(fig: plt.Figure, axes, title: str, out_dir: Path, stem: str) -> list[Path]:
+    """The first panel's legend below the panels, the title, and the figure saved."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(title, fontsize=9)
+    return save(fig, out_dir, stem)
 
 
 def plot_curves(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
@@ -331,15 +330,9 @@ def plot_curves(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
         zero = next((r for r in rows if r.task == task and r.method == ZERO_SHOT and r.records), None)
         if zero:
             ax.axhline(100 * zero.records[0]["evaluations"][0]["accuracy"], color="grey", linestyle="--", label="zero-shot")
-        ax.set_title(TASK_LABELS.get(task.split("/")[-1], task))
-        ax.set_xlabel("optimiser step")
-        ax.set_ylabel("validation score (%)")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.12))
-    fig.suptitle("Offline study: learning curves (seeds' range as band, dotted: step budget)", fontsize=9)
-    return save(fig, out_dir, "offline_study_curves")
+        style_panel(ax, task, "optimiser step", "validation score (%)")
+    return finish(fig, axes, "Offline study: learning curves (seeds' range as band, dotted: step budget)", out_dir,
+                  "offline_study_curves")
 
 
 def plot_params(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
@@ -354,15 +347,9 @@ def plot_params(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
             ax.errorbar([x], [mean], yerr=[[mean - interval[0]], [interval[1] - mean]] if interval else None,
                         marker=MARKERS.get(row.method, "o"), capsize=3, linestyle="none", label=row.label)
         ax.set_xscale("log")
-        ax.set_title(TASK_LABELS.get(task.split("/")[-1], task))
-        ax.set_xlabel("trainable parameters (zero-shot at 1)")
-        ax.set_ylabel(f"validation {metric} (%)")
-        ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, bbox_to_anchor=(0.5, -0.16))
-    fig.suptitle("Offline study: score at the step budget against trainable parameters (95 % bootstrap CI)", fontsize=9)
-    return save(fig, out_dir, "offline_study_params")
+        style_panel(ax, task, "trainable parameters (zero-shot at 1)", f"validation {metric} (%)")
+    return finish(fig, axes, "Offline study: score at the step budget against trainable parameters (95 % bootstrap CI)",
+                  out_dir, "offline_study_params")
 
 
 def write_report(records: dict, out_dir: Path, command: str, figures: bool = True) -> list[Path]:
