@@ -65,8 +65,8 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # loader batches of `epoch` this process has consumed
-    running_loss: float = 0.0  # loss sum and count since the last logged loss
+    batch_in_epoch: int = 0  # loader (micro-)batches of `epoch` this process has consumed: whole windows
+    running_loss: float = 0.0  # this process's summed token loss and target-token count since the last logged loss
     running_count: int = 0
     schedule: dict | None = None  # {"name", "steps", "warmup"} of the learning-rate schedule this run trains under
 

@@ -39,7 +39,7 @@ from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
 from lopa.tasks import build_task
 from lopa.tasks.base import Task
-from lopa.trainer import evaluation, train
+from lopa.trainer import evaluation, seed_processes, train
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +282,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             if cfg.trainer.save_weights and accelerator.is_main_process:
                 save_trained(accelerator.unwrap_model(model), weights_dir, {**weights_config, "evaluation": evaluation})
 
-        # Each process its own random stream from here on (dropout, sampling): seed + rank, so one process is unchanged.
-        set_seed(cfg.seed, device_specific=True)
+        seed_processes(cfg.seed)
         outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=save_best,
                         checkpointer=checkpointer, resume_from=resume_from, holdout_loader=holdout_loader,
                         keep_predictions=keep_predictions)

@@ -24,13 +24,13 @@ SELF_SIGNAL = """
 import os, runpy, signal, sys
 import lopa.trainer
 signum, at_call = getattr(signal, sys.argv[1]), int(sys.argv[2])
-original, calls = lopa.trainer.scored_loss, [0]
-def scored_loss(model, batch):
+original, calls = lopa.trainer.summed_loss, [0]
+def summed_loss(model, batch):
     calls[0] += 1
     if calls[0] == at_call:
         os.kill(os.getpid(), signum)
     return original(model, batch)
-lopa.trainer.scored_loss = scored_loss
+lopa.trainer.summed_loss = summed_loss
 sys.argv = ["run.py", *sys.argv[3:]]
 runpy.run_path("run.py", run_name="__main__")
 """
