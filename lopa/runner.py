@@ -49,7 +49,10 @@ INIT_TEXT_LIMIT = 2000  # training texts used for frequency-based prompt inits
 
 
 def missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
-    """Dotted keys whose value is ??? (without resolving interpolations that point at them)."""
+    """Dotted keys whose value is ??? (without resolving interpolations that point at them).
+
+    Not `OmegaConf.missing_keys`: it resolves every value, so a ??? that an interpolation points at (method.lr=???
+    under trainer.lr: ${method.lr}) raises InterpolationToMissingValueError instead of being named."""
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
     missing = []
     for key in keys:
