@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from baselines.dept import LowRankUpdate, two_rate_groups
 from lopa.errors import ConfigError
-from lopa.methods.lopa import positive_int
+from lopa.method_config import non_negative_int, positive_int
 from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
 from lopa.soft_prompt import Method, MethodContext, add_positionwise
@@ -46,13 +46,6 @@ class ProductQuantised(nn.Module):
     def forward(self) -> Tensor:
         rows = self.weights.shape[0]
         return torch.einsum("nkr,krt->nkt", self.weights, self.codebooks).reshape(rows, -1)
-
-
-def non_negative_int(cfg: DictConfig, key: str) -> int:
-    value = cfg[key]
-    if not isinstance(value, int) or value < 0:
-        raise ConfigError(f"method.{key}={value!r} is not allowed for {cfg.name} (allowed: a non-negative integer)")
-    return value
 
 
 @register_method("accept")

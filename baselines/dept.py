@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lopa.methods.lopa import positive_int
+from lopa.method_config import positive_int
 from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
 from lopa.soft_prompt import Method, MethodContext, add_positionwise

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lopa.encoder import InstanceDependentMethod
 from lopa.errors import ConfigError, check_choice
-from lopa.methods.lopa import positive_int
+from lopa.method_config import positive_int
 from lopa.registry import register_method
 from lopa.soft_prompt import MethodContext
 

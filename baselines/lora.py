@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lopa.errors import ConfigError
+from lopa.method_config import positive_int
 from lopa.records import atomic_write
 from lopa.registry import register_method
 from lopa.soft_prompt import Method, MethodContext
@@ -21,10 +22,8 @@ PEFT_TASK_TYPES = {"causal": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM"}
 class LoRA(Method):
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__(cfg, ctx)
-        if not isinstance(cfg.r, int) or cfg.r <= 0:
-            raise ConfigError(f"method.r must be a positive integer, got {cfg.r!r}")
         self.lora_config = LoraConfig(
-            r=cfg.r,
+            r=positive_int(cfg, "r"),
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
             target_modules=OmegaConf.to_container(cfg.target_modules),

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from lopa.errors import check_choice
-from lopa.methods.lopa import positive_int
+from lopa.method_config import positive_int
 from lopa.prompt_init import PROMPT_INITS, initial_prompt
 from lopa.registry import register_method
 from lopa.soft_prompt import Method, MethodContext

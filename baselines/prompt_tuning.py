@@ -3,23 +3,17 @@
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from lopa.errors import ConfigError
+from lopa.method_config import positive_int
 from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
 from lopa.soft_prompt import Method, MethodContext
-
-
-def check_prompt_length(cfg: DictConfig) -> int:
-    if not isinstance(cfg.prompt_length, int) or cfg.prompt_length <= 0:
-        raise ConfigError(f"method.prompt_length must be a positive integer, got {cfg.prompt_length!r}")
-    return cfg.prompt_length
 
 
 @register_method("prompt_tuning")
 class PromptTuning(Method):
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__(cfg, ctx)
-        prompt_length = check_prompt_length(cfg)
+        prompt_length = positive_int(cfg, "prompt_length")
         self.prompt_table = nn.Parameter(initial_prompt(cfg.init, prompt_length, ctx, cfg.get("init_text")))
 
     @property

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from baselines.lowrank_prompt import MergeablePrompt
-from lopa.methods.lopa import positive_int
+from lopa.method_config import positive_int
 from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
 from lopa.soft_prompt import MethodContext

@@ -4,6 +4,22 @@ A checkpoint is a directory `<run dir>/checkpoints/step-NNNNNN/` holding the tra
 the optimizer and scheduler states, every process's RNG states and `state.json` (data position, losses and
 evaluations so far, the config it was made with). It is built under a hidden temporary name and renamed into
 place, so a crash never leaves a half-written checkpoint behind a valid name.
+
+Why not Accelerate's `save_state`/`load_state`/`register_for_checkpointing` (accelerate 1.16), which would cover
+the optimizer, scheduler, GradScaler and per-process RNG files: each guarantee here would need wrapping it anyway.
+- Weights: save_state writes every prepared model's full state dict, the frozen FM included (GBs per checkpoint
+  for a 7B FM where a prompt method trains KBs); only a save/load hook replacing them with `trained_state` avoids
+  that, i.e. this module's weight code again.
+- Atomicity: save_state writes straight into its output directory; a kill mid-save leaves a partial checkpoint
+  under a valid name, which `load_state` (and automatic_checkpoint_naming's "latest") would pick up. The staging
+  dir + rename would have to wrap it, with a barrier, since every process writes its own files into it.
+- RNG of every process in the main process's checkpoint: save_state has each process write random_states_<rank>
+  itself, so without a shared filesystem a node's states live on that node only; here they are gathered.
+- Rotation and naming: total_limit rotates only automatically named checkpoint_<save count> directories, not
+  step-<step> ones, and counts incomplete ones; keep_checkpoints counts completed checkpoints (with state.json).
+- Data position: Accelerate's SeedableRandomSampler (use_seedable_sampler) draws seed + epoch like EpochShuffle,
+  but the mid-epoch position still needs skip_first_batches and TrainState, and its seed defaults to
+  torch.initial_seed() rather than the run's seed. The config check and the recorded schedule stay in state.json.
 """
 
 from __future__ import annotations
@@ -35,6 +51,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "state.json"
+SCALER_FILE = "scaler.pt"  # fp16's gradient scaler
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # Config sections a resumed run must share with its checkpoint (length, cadence and logging may change).
 MUST_MATCH = ("method", "model", "task", "encoder", "seed")
@@ -65,8 +82,8 @@ class TrainState:
 
     step: int = 0
     epoch: int = 0
-    batch_in_epoch: int = 0  # loader batches of `epoch` this process has consumed
-    running_loss: float = 0.0  # loss sum and count since the last logged loss
+    batch_in_epoch: int = 0  # loader (micro-)batches of `epoch` this process has consumed: whole windows
+    running_loss: float = 0.0  # this process's summed token loss and target-token count since the last logged loss
     running_count: int = 0
     schedule: dict | None = None  # {"name", "steps", "warmup"} of the learning-rate schedule this run trains under
 
@@ -170,6 +187,8 @@ class Checkpointer:
             save_file(trained_state(self.accelerator.unwrap_model(model)), str(tmp / WEIGHTS_FILE))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            if self.accelerator.scaler is not None:  # fp16: the loss scale it has settled on, else resumes restart it
+                torch.save(self.accelerator.scaler.state_dict(), tmp / SCALER_FILE)
             torch.save(rng, tmp / "rng.pt")
             write_json(tmp / STATE_FILE, {"train_state": asdict(state), **progress, "config": self.config})
             if final.exists():
@@ -197,6 +216,8 @@ class Checkpointer:
         unwrapped.load_state_dict(weights, strict=False)
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+        if self.accelerator.scaler is not None and (path / SCALER_FILE).is_file():
+            self.accelerator.scaler.load_state_dict(torch.load(path / SCALER_FILE, weights_only=False))
         set_rng_states(torch.load(path / "rng.pt", weights_only=False)[self.accelerator.process_index])
         progress = {key: value for key, value in saved.items() if key not in ("train_state", "config")}
         return TrainState(**saved["train_state"]), progress

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
 from lopa.tasks import build_task
 from lopa.tasks.base import Task
-from lopa.trainer import evaluation, train
+from lopa.trainer import evaluation, seed_processes, train
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ INIT_TEXT_LIMIT = 2000  # training texts used for frequency-based prompt inits
 
 
 def missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
-    """Dotted keys whose value is ??? (without resolving interpolations that point at them)."""
+    """Dotted keys whose value is ??? (without resolving interpolations that point at them).
+
+    Not `OmegaConf.missing_keys`: it resolves every value, so a ??? that an interpolation points at (method.lr=???
+    under trainer.lr: ${method.lr}) raises InterpolationToMissingValueError instead of being named."""
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
     missing = []
     for key in keys:
@@ -201,28 +205,120 @@ def shared_run_dir(accelerator: Accelerator, run_dir: Path) -> Path:
     return Path(shared[0])
 
 
+def prepare_run_dir(cfg: DictConfig, accelerator: Accelerator, run_dir: Path) -> Path:
+    """The shared run directory with the resolved config in it (only the main process writes into it)."""
+    run_dir = shared_run_dir(accelerator, run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    return run_dir
+
+
+def load_rows(cfg: DictConfig, task: Task) -> tuple[list[dict], list[dict], list[dict]]:
+    """(training, held-out, evaluation) rows; the held-out slice is taken before train_limit, so it is the same
+    whatever the limit, and nothing is trained on in evaluate mode."""
+    holdout_size = cfg.eval.get("holdout")
+    train_rows = task.load("train") if cfg.mode == "train" or holdout_size else []
+    holdout_rows = []
+    if holdout_size:
+        train_rows, holdout_rows = split_holdout(train_rows, holdout_size)
+    train_rows = train_rows[: cfg.trainer.train_limit] if cfg.mode == "train" else []
+    return train_rows, holdout_rows, task.load(cfg.eval.split, cfg.eval.limit)
+
+
+def run_record(cfg: DictConfig, accelerator: Accelerator, task: Task, started: float, parameters: dict,
+               examples: dict[str, list[dict]], keep_predictions: bool) -> dict:
+    """What a record says about the run before it trains or evaluates (`examples`: train, eval, holdout)."""
+    record = {
+        "status": "completed",
+        "run_name": cfg.run_name,
+        "mode": cfg.mode,
+        "method": cfg.method.name,
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "seed": cfg.seed,
+        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+        "git_commit": git_commit(),
+        "machine": machine_info(),
+        "num_processes": accelerator.num_processes,
+        "parameters": parameters,
+        **{f"num_{split}_examples": len(rows) for split, rows in examples.items()},
+        "primary_metric": task.primary_metric,
+    }
+    if keep_predictions and "label" in (examples["eval"][0] if examples["eval"] else {}):
+        record["eval_labels"] = [example["label"] for example in examples["eval"]]  # the order of "predictions"
+    return record
+
+
+def save_best_weights(evaluation: dict, model: TunedModel, accelerator: Accelerator, weights_dir: Path,
+                      weights_config: dict) -> None:
+    """The `on_best` of a training run: the best evaluation's weights, with what they are for, from the main process."""
+    if accelerator.is_main_process:
+        save_trained(accelerator.unwrap_model(model), weights_dir, {**weights_config, "evaluation": evaluation})
+
+
+def train_and_record(cfg: DictConfig, model: TunedModel, task: Task, train_examples: list[dict],
+                     eval_loader, holdout_loader, accelerator: Accelerator, run_dir: Path, weights_dir: Path,
+                     keep_predictions: bool) -> dict:
+    """Train (resuming from the run directory's checkpoint when there is one); returns the record's training part."""
+    # The loader's own generator keeps DataLoader iterators from drawing on the global RNG (dropout's), which
+    # a resumed run restores at a step boundary: a new iterator there would otherwise shift it.
+    train_loader = task.dataloader(train_examples, cfg.trainer.batch_size, shuffle=False,
+                                   sampler=EpochShuffle(len(train_examples), cfg.seed),
+                                   generator=torch.Generator().manual_seed(cfg.seed),
+                                   num_workers=cfg.trainer.num_workers)
+    checkpointer = Checkpointer(run_dir, *checkpoint_settings(cfg.trainer), OmegaConf.to_container(cfg, resolve=True),
+                                accelerator)
+    resume = cfg.trainer.get("resume", "auto")
+    resume_from = resume_checkpoint(resume, run_dir)
+    if resume is False:
+        checkpointer.clear()
+    on_best = None
+    if cfg.trainer.save_weights:
+        on_best = partial(save_best_weights, model=model, accelerator=accelerator, weights_dir=weights_dir,
+                          weights_config=trained_config(cfg, model))
+    seed_processes(cfg.seed)
+    outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=on_best,
+                    checkpointer=checkpointer, resume_from=resume_from, holdout_loader=holdout_loader,
+                    keep_predictions=keep_predictions)
+    return {
+        "status": "interrupted" if outcome.interrupted else "completed",
+        "steps": outcome.steps,
+        "evaluations": outcome.evaluations,
+        "best": outcome.best,
+        "best_is": "the best evaluation" if task.selects_best_evaluation else "the last evaluation (test split)",
+        "final": outcome.evaluations[-1] if outcome.evaluations else None,
+        "train_losses": outcome.train_losses,
+        "weights": str(weights_dir) if cfg.trainer.save_weights else None,
+        "resumed_from": outcome.resumed_from,
+        "checkpoint": outcome.last_checkpoint,
+    }
+
+
+def evaluate_and_record(task: Task, model: TunedModel, eval_loader, holdout_loader, accelerator: Accelerator,
+                        keep_predictions: bool) -> dict:
+    """Evaluate without training (mode=evaluate); returns the record's evaluation part."""
+    model, eval_loader = accelerator.prepare(model, eval_loader)
+    if holdout_loader is not None:
+        holdout_loader = accelerator.prepare(holdout_loader)
+    metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
+    return {"steps": 0, "evaluations": [{"step": 0, **metrics}], "best": {"step": 0, **metrics},
+            "final": {"step": 0, **metrics}}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """The whole job; returns the record it wrote to `run_dir/results.json`."""
     started = time.time()
     check_config(cfg)
-    data_dir = str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None
-    set_seed(cfg.seed)
+    set_seed(cfg.seed)  # the same on every process until training starts: FMs built from an architecture, inits
     accelerator = make_accelerator(cfg, run_dir)
-    run_dir = shared_run_dir(accelerator, run_dir)
-    if accelerator.is_main_process:  # only the main process writes into the run directory
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = prepare_run_dir(cfg, accelerator, run_dir)
+    weights_dir = run_dir / "weights"
 
+    data_dir = str(Path(cfg.data_dir).expanduser().resolve()) if cfg.data_dir else None
     tokenizer, fm, task = load_components(cfg, data_dir)
     task.output_dir = run_dir  # tasks that write artefacts (generations) put them beside the record
-    holdout_size = cfg.eval.get("holdout")
-    train_rows = task.load("train") if cfg.mode == "train" or holdout_size else []
-    holdout_rows = []
-    if holdout_size:  # taken before train_limit, so the slice is the same whatever the limit
-        train_rows, holdout_rows = split_holdout(train_rows, holdout_size)
-    train_rows = train_rows[: cfg.trainer.train_limit] if cfg.mode == "train" else []
-    eval_rows = task.load(cfg.eval.split, cfg.eval.limit)
-
+    train_rows, holdout_rows, eval_rows = load_rows(cfg, task)
     model = build_model(cfg, tokenizer, fm, task, train_rows)
     parameters = count_parameters(model)
     log.info("%s on %s: %s", cfg.method.name, cfg.model.name, parameters)
@@ -240,72 +336,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model.to(accelerator.device)
     model.method.prepare_examples(train_examples + eval_examples + holdout_examples, cfg.eval.batch_size)
     scale = {"initial": prompt_scale(model)} if model.method.shared_prompt() is not None else None
-    weights_dir = run_dir / "weights"
-    weights_config = trained_config(cfg, model)
 
     start_tracking(cfg, accelerator, run_dir)
-    record = {
-        "status": "completed",
-        "run_name": cfg.run_name,
-        "mode": cfg.mode,
-        "method": cfg.method.name,
-        "task": cfg.task.name,
-        "model": cfg.model.name,
-        "seed": cfg.seed,
-        "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
-        "git_commit": git_commit(),
-        "machine": machine_info(),
-        "num_processes": accelerator.num_processes,
-        "parameters": parameters,
-        "num_train_examples": len(train_examples),
-        "num_eval_examples": len(eval_examples),
-        "num_holdout_examples": len(holdout_examples),
-        "primary_metric": task.primary_metric,
-    }
-    if keep_predictions and "label" in (eval_examples[0] if eval_examples else {}):
-        record["eval_labels"] = [example["label"] for example in eval_examples]  # the order of "predictions"
+    record = run_record(cfg, accelerator, task, started, parameters,
+                        {"train": train_examples, "eval": eval_examples, "holdout": holdout_examples}, keep_predictions)
     if cfg.mode == "train":
-        # The loader's own generator keeps DataLoader iterators from drawing on the global RNG (dropout's), which
-        # a resumed run restores at a step boundary: a new iterator there would otherwise shift it.
-        train_loader = task.dataloader(train_examples, cfg.trainer.batch_size, shuffle=False,
-                                       sampler=EpochShuffle(len(train_examples), cfg.seed),
-                                       generator=torch.Generator().manual_seed(cfg.seed),
-                                       num_workers=cfg.trainer.num_workers)
-        checkpointer = Checkpointer(run_dir, *checkpoint_settings(cfg.trainer), OmegaConf.to_container(cfg, resolve=True),
-                                    accelerator)
-        resume = cfg.trainer.get("resume", "auto")
-        resume_from = resume_checkpoint(resume, run_dir)
-        if resume is False:
-            checkpointer.clear()
-
-        def save_best(evaluation: dict) -> None:
-            if cfg.trainer.save_weights and accelerator.is_main_process:
-                save_trained(accelerator.unwrap_model(model), weights_dir, {**weights_config, "evaluation": evaluation})
-
-        # Each process its own random stream from here on (dropout, sampling): seed + rank, so one process is unchanged.
-        set_seed(cfg.seed, device_specific=True)
-        outcome = train(cfg.trainer, model, task, train_loader, eval_loader, accelerator, on_best=save_best,
-                        checkpointer=checkpointer, resume_from=resume_from, holdout_loader=holdout_loader,
-                        keep_predictions=keep_predictions)
-        record.update(
-            status="interrupted" if outcome.interrupted else "completed",
-            steps=outcome.steps,
-            evaluations=outcome.evaluations,
-            best=outcome.best,
-            best_is="the best evaluation" if task.selects_best_evaluation else "the last evaluation (test split)",
-            final=outcome.evaluations[-1] if outcome.evaluations else None,
-            train_losses=outcome.train_losses,
-            weights=str(weights_dir) if cfg.trainer.save_weights else None,
-            resumed_from=outcome.resumed_from,
-            checkpoint=outcome.last_checkpoint,
-        )
+        record.update(train_and_record(cfg, model, task, train_examples, eval_loader, holdout_loader, accelerator,
+                                       run_dir, weights_dir, keep_predictions))
     else:
-        model = accelerator.prepare(model)
-        eval_loader = accelerator.prepare(eval_loader)
-        if holdout_loader is not None:
-            holdout_loader = accelerator.prepare(holdout_loader)
-        metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
-        record.update(steps=0, evaluations=[{"step": 0, **metrics}], best={"step": 0, **metrics}, final={"step": 0, **metrics})
+        record.update(evaluate_and_record(task, model, eval_loader, holdout_loader, accelerator, keep_predictions))
+
     repo_id = cfg.trainer.get("push_to_hub")
     if repo_id and record["status"] == "completed" and accelerator.is_main_process:
         record["pushed_to"] = push_to_hub(weights_dir, repo_id, f"{cfg.run_name} (best {task.primary_metric})")

@@ -78,6 +78,18 @@ RULES: dict[str, Number] = {
     "encoder.max_length": POSITIVE_INT,
     "encoder.dropout": Number(integer=False, low=0, high=1, high_open=True, nullable=True),
     "task.max_length": POSITIVE_INT,
+    # Method sizes that depend on nothing else (bounds that do, like rank <= min(m, d), are checked by the method).
+    "method.hidden_size": POSITIVE_INT,
+    "method.bottleneck": POSITIVE_INT,
+    "method.update_length": POSITIVE_INT,
+    "method.subspace_dim": POSITIVE_INT,
+    "method.codebook_size": POSITIVE_INT,
+    "method.scap_subspace_dim": POSITIVE_INT,
+    "method.scap_codebook_size": POSITIVE_INT,
+    "method.update_rank": Number(low=0),
+    "method.r": POSITIVE_INT,
+    "method.prompt_lr": RATE,
+    "method.update_lr": RATE,
 }
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
@@ -41,6 +43,14 @@ class TrainingOutcome:
         return {"evaluations": self.evaluations, "best": self.best, "train_losses": self.train_losses}
 
 
+def seed_processes(seed: int) -> None:
+    """Each process its own random stream from here on (dropout, sampling): seed + rank, so one process is unchanged.
+
+    Everything drawn before (an FM built from an architecture, prompt inits) came from `seed` alone, alike on every
+    process; after this, two processes drawing the same dropout masks would make their batches correlated."""
+    set_seed(seed, device_specific=True)
+
+
 def num_training_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
     if cfg.max_steps is not None:
         return int(cfg.max_steps)
@@ -48,17 +58,74 @@ def num_training_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
 
 
 def scored_loss(model: TunedModel, batch: dict) -> torch.Tensor:
-    """Cross-entropy over the full vocabulary at every position that has a target."""
+    """Mean cross-entropy over the full vocabulary at every position that has a target (one batch on its own)."""
     logits, targets = model(batch)
     return F.cross_entropy(logits, targets)
 
 
+def summed_loss(model: TunedModel, batch: dict) -> torch.Tensor:
+    """Cross-entropy summed over every position that has a target: the trainer divides by the window's token count."""
+    logits, targets = model(batch)
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def target_tokens(batch: dict) -> torch.Tensor:
+    """How many positions of a batch have a target (what `summed_loss` sums over: the prompt adds none)."""
+    return (batch["target_ids"] != -100).sum()
+
+
+def accumulation_windows(batches: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    """Consecutive lists of `size` micro-batches (the last of an epoch may be shorter): one optimiser step each."""
+    window = []
+    for batch in batches:
+        window.append(batch)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+def accumulate_gradients(model, window: list[dict], accelerator: Accelerator) -> tuple[float, int]:
+    """Backward passes over one accumulation window so the gradients become those of the mean token loss over every
+    target token of the window on every process, however the tokens fall into micro-batches; returns this process's
+    loss sum and token count.
+
+    As Hugging Face's Trainer does with `num_items_in_batch`: the window is fetched up front, its target tokens are
+    counted and summed over processes (N), and each micro-batch's summed loss is scaled by A·P/N, since
+    `accelerator.backward` divides by the A accumulation steps and DDP (FSDP, DeepSpeed) averages over the P processes.
+    Gradients are synchronised on the window's last micro-batch only; the sync flag is set here (as the Trainer does)
+    because Accelerate's `accumulate()` reads it off the dataloader, which is a window ahead once windows are prefetched.
+    """
+    local = torch.stack([target_tokens(batch) for batch in window]).sum()
+    total = accelerator.reduce(local.clone(), reduction="sum") if accelerator.num_processes > 1 else local
+    scale = accelerator.gradient_accumulation_steps * accelerator.num_processes / max(int(total.item()), 1)
+    loss_sum = torch.zeros((), device=accelerator.device)
+    for index, batch in enumerate(window):
+        last = index == len(window) - 1
+        accelerator.gradient_state._set_sync_gradients(last)
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = summed_loss(model, batch)
+            accelerator.backward(loss * scale)
+        loss_sum += loss.detach().float()
+    return loss_sum.item(), int(local.item())
+
+
+def optimizer_step(optimizer, scheduler, accelerator: Accelerator, trainable: list, max_grad_norm: float | None) -> None:
+    if max_grad_norm is not None:
+        accelerator.clip_grad_norm_(trainable, max_grad_norm)
+    optimizer.step()
+    if not optimizer.step_was_skipped:  # fp16 overflow skips a step
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def mean_over_processes(accelerator: Accelerator, loss_sum: float, count: int) -> float:
-    """The mean loss over every process's batches, not only the main one's."""
+    """The mean loss over every process's target tokens, not only the main one's."""
     totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=accelerator.device)
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
-    return (totals[0] / totals[1]).item()
+    return (totals[0] / totals[1].clamp(min=1)).item()
 
 
 def schedule_jump(saved: dict | None, current: dict, from_step: int) -> int | None:
@@ -93,6 +160,51 @@ def scalar_metrics(metrics: dict, prefix: str = "") -> dict:
     return scalars
 
 
+def resume(checkpointer: Checkpointer, path: Path, model, optimizer, scheduler, schedule: dict,
+           allow_schedule_change: bool) -> tuple[TrainState, TrainingOutcome]:
+    """The train state and outcome so far of checkpoint `path`, with weights, optimiser, scheduler and RNG restored;
+    refused when the current learning-rate schedule would change the rate of a step the checkpoint's also covers."""
+    state, progress = checkpointer.load(path, model, optimizer, scheduler)
+    log.info("resumed from %s at step %d (epoch %d, batch %d)", path, state.step, state.epoch, state.batch_in_epoch)
+    jump = schedule_jump(state.schedule, schedule, state.step)
+    if jump is not None and not allow_schedule_change:
+        old = state.schedule
+        raise ConfigError(f"resuming {path} under another learning-rate schedule ({old['name']}, {old['steps']} "
+                          f"steps, {old['warmup']} warm-up -> {schedule['name']}, {schedule['steps']}, "
+                          f"{schedule['warmup']}) changes the rate from step {jump} on: keep trainer.max_steps/epochs, "
+                          "or set trainer.allow_schedule_change=true")
+    state.schedule = schedule
+    outcome = TrainingOutcome(**progress, steps=state.step, resumed_from=str(path), last_checkpoint=str(path))
+    return state, outcome
+
+
+def log_train_loss(outcome: TrainingOutcome, state: TrainState, accelerator: Accelerator, lr: float, steps: int,
+                   bar) -> None:
+    """Log the mean token loss since the last log (over every process) and start a new running sum."""
+    loss = mean_over_processes(accelerator, state.running_loss, state.running_count)
+    outcome.train_losses.append({"step": state.step, "loss": loss, "lr": lr})
+    accelerator.log({"train/loss": loss, "train/lr": lr}, step=state.step)
+    bar.set_postfix(loss=f"{loss:.4f}")
+    log.info("step %d/%d: loss=%.4f lr=%.3g", state.step, steps, loss, lr)
+    state.running_loss, state.running_count = 0.0, 0
+
+
+def record_evaluation(outcome: TrainingOutcome, metrics: dict, step: int, epoch: int, task: Task,
+                      accelerator: Accelerator, on_best: Callable[[dict], None] | None) -> None:
+    """Append an evaluation to the outcome, log it, and make it the best one if it is (on a test split: the last)."""
+    record = {"step": step, "epoch": epoch, **metrics}
+    outcome.evaluations.append(record)
+    scalars = scalar_metrics(metrics)
+    accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=step)
+    log.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in scalars.items()))
+    metric = task.primary_metric
+    if outcome.best is None or not task.selects_best_evaluation or metrics[metric] > outcome.best[metric]:
+        outcome.best = record
+        if on_best is not None:
+            on_best(record)
+
+
 def train(
     cfg: DictConfig,
     model: TunedModel,
@@ -111,6 +223,8 @@ def train(
     When the task evaluates on its test split, nothing is selected: without `eval_every` it evaluates once, after
     training, and the best evaluation is the last one (intermediate ones, if asked for, are only a learning curve).
 
+    One optimiser step is one accumulation window (`grad_accum_steps` micro-batches on every process), its loss the
+    mean over all the window's target tokens (`accumulate_gradients`).
     With a `checkpointer`, checkpoints are saved every `cfg.checkpoint_every` steps and when SIGTERM arrives (then
     training stops early with `interrupted` set); `resume_from` continues from a checkpoint exactly where it was.
     The train loader should shuffle with an `EpochShuffle` sampler, so an interrupted epoch replays in the same order.
@@ -125,104 +239,66 @@ def train(
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     if holdout_loader is not None:
         holdout_loader = accelerator.prepare(holdout_loader)
-    # Counted on the prepared (per-process) loader: one optimiser step takes one batch on every process. Steps,
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    # Counted on the prepared (per-process) loader: one optimiser step takes one window on every process. Steps,
     # warm-up and the schedule are all in optimiser steps, whatever the number of processes, so the scheduler is
     # not handed to Accelerate (which would step it once per process) but stepped here once per optimiser step.
-    steps = num_training_steps(cfg, len(train_loader))
+    batches_per_epoch = len(train_loader)
+    steps = num_training_steps(cfg, batches_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * steps)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    outcome = TrainingOutcome()
-    state = TrainState()
-    if resume_from is not None:
-        state, progress = checkpointer.load(resume_from, model, optimizer, scheduler)
-        outcome = TrainingOutcome(**progress, resumed_from=str(resume_from), last_checkpoint=str(resume_from))
-        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, state.step, state.epoch,
-                 state.batch_in_epoch)
     schedule = {"name": cfg.scheduler, "steps": steps, "warmup": warmup}
-    jump = schedule_jump(state.schedule, schedule, state.step) if resume_from is not None else None
-    if jump is not None and not cfg.get("allow_schedule_change", False):
-        old = state.schedule
-        raise ConfigError(f"resuming {resume_from} under another learning-rate schedule ({old['name']}, {old['steps']} "
-                          f"steps, {old['warmup']} warm-up -> {cfg.scheduler}, {steps}, {warmup}) changes the rate from "
-                          f"step {jump} on: keep trainer.max_steps/epochs, or set trainer.allow_schedule_change=true")
-    state.schedule = schedule
-    outcome.steps = state.step
-    metric = task.primary_metric
-    select_best = task.selects_best_evaluation
-    batches_per_epoch = len(train_loader)
-
-    def evaluate(epoch: int) -> None:
-        metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
-        record = {"step": state.step, "epoch": epoch, **metrics}
-        outcome.evaluations.append(record)
-        scalars = scalar_metrics(metrics)
-        accelerator.log({f"eval/{k}": v for k, v in scalars.items()}, step=state.step)
-        log.info("step %d: %s", state.step, ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                     for k, v in scalars.items()))
-        if outcome.best is None or not select_best or metrics[metric] > outcome.best[metric]:
-            outcome.best = record
-            if on_best is not None:
-                on_best(record)
-        model.train()
-
-    def save_checkpoint() -> None:
-        path = checkpointer.save(model, optimizer, scheduler, state, outcome.progress())
-        outcome.last_checkpoint = str(path)
+    state, outcome = TrainState(schedule=schedule), TrainingOutcome()
+    if resume_from is not None:
+        state, outcome = resume(checkpointer, resume_from, model, optimizer, scheduler, schedule,
+                                cfg.get("allow_schedule_change", False))
 
     bar = progress_bar(total=steps, initial=state.step, desc="train", accelerator=accelerator)  # beside the loss logs
     model.train()
     with StopOnSigterm(accelerator, enabled=checkpointer is not None) as sigterm:
-        while state.step < steps:
+        while state.step < steps and not outcome.interrupted:
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(state.epoch)
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(state.epoch)  # Accelerate re-applies its own epoch count to the sampler
+            # A resumed epoch skips the micro-batches it had consumed (a whole number of windows: checkpoints are
+            # taken at step boundaries), so its windows are the uninterrupted run's.
             batches = train_loader
             if state.batch_in_epoch:
                 batches = accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
-            for batch in batches:
-                with accelerator.accumulate(model):
-                    loss = scored_loss(model, batch)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm is not None:
-                        accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                    optimizer.step()
-                    if accelerator.sync_gradients and not optimizer.step_was_skipped:  # fp16 overflow skips a step
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                state.batch_in_epoch += 1
-                state.running_loss += loss.detach().float().item()
-                state.running_count += 1
-                if not accelerator.sync_gradients:
-                    continue
+            for window in accumulation_windows(batches, accelerator.gradient_accumulation_steps):
+                loss_sum, tokens = accumulate_gradients(model, window, accelerator)
+                optimizer_step(optimizer, scheduler, accelerator, trainable, cfg.max_grad_norm)
                 state.step += 1
+                state.batch_in_epoch += len(window)
+                state.running_loss += loss_sum
+                state.running_count += tokens
                 outcome.steps = state.step
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == steps:
-                    mean_loss = mean_over_processes(accelerator, state.running_loss, state.running_count)
-                    outcome.train_losses.append({"step": state.step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0]})
-                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=state.step)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}")
-                    log.info("step %d/%d: loss=%.4f lr=%.3g", state.step, steps, mean_loss, scheduler.get_last_lr()[0])
-                    state.running_loss, state.running_count = 0.0, 0
+                    log_train_loss(outcome, state, accelerator, scheduler.get_last_lr()[0], steps, bar)
+
                 end_of_epoch = state.batch_in_epoch >= batches_per_epoch
                 if (cfg.eval_every and state.step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch
-                                                                             and select_best):
-                    evaluate(state.epoch)
+                                                                             and task.selects_best_evaluation):
+                    metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
+                    record_evaluation(outcome, metrics, state.step, state.epoch, task, accelerator, on_best)
+                    model.train()
                 if end_of_epoch:
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-                stop = sigterm.requested()
-                if checkpointer is not None and (stop or checkpointer.due(state.step, last=state.step == steps)):
-                    save_checkpoint()
-                if stop:
-                    outcome.interrupted = True
-                    log.warning("SIGTERM: stopped at step %d after saving %s", state.step, outcome.last_checkpoint)
-                    bar.close()
-                    return outcome
-                if state.step >= steps:
+
+                outcome.interrupted = sigterm.requested()
+                if checkpointer is not None and (outcome.interrupted or checkpointer.due(state.step, state.step == steps)):
+                    path = checkpointer.save(model, optimizer, scheduler, state, outcome.progress())
+                    outcome.last_checkpoint = str(path)
+                if outcome.interrupted or state.step >= steps:
                     break
     bar.close()
+    if outcome.interrupted:
+        log.warning("SIGTERM: stopped at step %d after saving %s", state.step, outcome.last_checkpoint)
+        return outcome
     if not outcome.evaluations or outcome.evaluations[-1]["step"] != state.step:
-        evaluate(state.epoch if state.batch_in_epoch else state.epoch - 1)
+        epoch = state.epoch if state.batch_in_epoch else state.epoch - 1  # the epoch the last step belongs to
+        metrics = evaluation(task, model, eval_loader, accelerator, holdout_loader, keep_predictions)
+        record_evaluation(outcome, metrics, state.step, epoch, task, accelerator, on_best)
     return outcome

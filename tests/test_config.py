@@ -51,6 +51,13 @@ def test_missing_required_value_is_reported_by_name():
         check_config(cfg)
 
 
+def test_a_missing_value_an_interpolation_points_at_is_reported_by_name():
+    cfg = compose_config()
+    OmegaConf.update(cfg, "method.lr", "???")  # trainer.lr is ${method.lr}: OmegaConf.missing_keys would raise here
+    with pytest.raises(ConfigError, match=r"missing required config values: method\.lr \("):
+        check_config(cfg)
+
+
 def test_root_config_keys_each_carry_a_comment():
     for line in (CONFIG_DIR / "config.yaml").read_text().splitlines():
         if line and not line.startswith((" ", "#", "defaults:", "hydra:", "eval:")) and ":" in line:

@@ -107,3 +107,67 @@ def test_torchrun_relaunch_reads_the_launcher_command(launcher_args, processes):
         assert command[1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
         assert command[-2:] == ["run.py", "method=lopa"] and "29555" in command
     assert torchrun_relaunch(["run.py"], {**env, "WORLD_SIZE": "2"}, launcher_args) is None  # already several
+
+
+# Two processes, each with its own accumulation window of micro-batches holding unequal numbers of target tokens.
+# Prints (rank 0) the largest difference between the DDP gradient and that of the mean token loss over all four
+# micro-batches computed in one process, and what each rank drew from torch's RNG after the per-rank seeding.
+WINDOWS_AND_SEEDS = """
+import copy, json, sys
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from lopa.trainer import accumulate_gradients, seed_processes
+
+class Toy(torch.nn.Module):  # TunedModel's interface: logits and targets at the positions that have a target
+    def __init__(self):
+        super().__init__()
+        self.embed, self.out = torch.nn.Embedding(11, 5), torch.nn.Linear(5, 11)
+    def forward(self, batch):
+        scored = batch["target_ids"] != -100
+        return self.out(self.embed(batch["input_ids"]))[scored], batch["target_ids"][scored]
+
+def micro_batch(seed, targets):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 11, (2, 4), generator=generator)
+    target_ids = torch.full((2, 4), -100)
+    target_ids.view(-1)[:targets] = torch.randint(0, 11, (targets,), generator=generator)
+    return {"input_ids": ids, "target_ids": target_ids}
+
+WINDOWS = [[micro_batch(0, 1), micro_batch(1, 7)], [micro_batch(2, 5), micro_batch(3, 2)]]  # one per rank
+torch.manual_seed(0)
+model = Toy()
+reference = copy.deepcopy(model)
+accelerator = Accelerator(cpu=True, gradient_accumulation_steps=2)
+ddp = accelerator.prepare(model)
+accumulate_gradients(ddp, WINDOWS[accelerator.process_index], accelerator)
+batches = [batch for window in WINDOWS for batch in window]
+logits, targets = zip(*(reference(batch) for batch in batches))
+F.cross_entropy(torch.cat(logits), torch.cat(targets)).backward()
+difference = max((a.grad - b.grad).abs().max().item() for a, b in zip(model.parameters(), reference.parameters()))
+
+def draws():
+    seed_processes(7)
+    return {"rand": torch.rand(3).tolist(), "dropout": F.dropout(torch.ones(12), 0.5).tolist()}
+
+first, again = draws(), draws()  # seeding anew repeats the stream: what a relaunch would draw
+per_rank = gather_object([{"draws": first, "repeated": again == first}])
+if accelerator.is_main_process:
+    print("RESULT " + json.dumps({"difference": difference, "ranks": per_rank}))
+"""
+
+
+def test_token_loss_is_averaged_over_both_processes_and_each_rank_draws_its_own_stream(tmp_path):
+    script = tmp_path / "windows_and_seeds.py"
+    script.write_text(WINDOWS_AND_SEEDS)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["difference"] < 1e-6  # the gradient of the mean over all 15 target tokens, not of per-batch means
+    ranks = result["ranks"]
+    assert len(ranks) == 2 and ranks[0]["draws"] != ranks[1]["draws"]  # other dropout masks on each rank
+    assert all(rank["repeated"] for rank in ranks)  # and the same seed repeats each rank's stream exactly

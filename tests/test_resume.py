@@ -24,13 +24,13 @@ SELF_SIGNAL = """
 import os, runpy, signal, sys
 import lopa.trainer
 signum, at_call = getattr(signal, sys.argv[1]), int(sys.argv[2])
-original, calls = lopa.trainer.scored_loss, [0]
-def scored_loss(model, batch):
+original, calls = lopa.trainer.summed_loss, [0]
+def summed_loss(model, batch):
     calls[0] += 1
     if calls[0] == at_call:
         os.kill(os.getpid(), signum)
     return original(model, batch)
-lopa.trainer.scored_loss = scored_loss
+lopa.trainer.summed_loss = summed_loss
 sys.argv = ["run.py", *sys.argv[3:]]
 runpy.run_path("run.py", run_name="__main__")
 """
@@ -159,3 +159,29 @@ def test_a_longer_resume_refuses_a_learning_rate_jump_unless_allowed(tmp_path, s
         assert code == 0, stderr[-2000:]
         result = record(run_dir)
         assert result["steps"] == 8 and result["resumed_from"].endswith("step-000004")
+
+
+def test_fp16_loss_scale_survives_a_resume(tmp_path):
+    """The GradScaler's scale is part of the checkpoint: a resumed fp16 run does not restart it at 65536."""
+    from accelerate import Accelerator
+
+    from lopa.checkpointing import Checkpointer, TrainState
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(2))
+            self.method = type("Method", (), {"saved_buffer_names": staticmethod(lambda: [])})()
+
+    accelerator = Accelerator(cpu=True)
+    model = Toy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpointer = Checkpointer(tmp_path, every=1, keep=1, config={}, accelerator=accelerator)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+    accelerator.scaler.scale(torch.ones(()))  # a first scaled loss creates the scale
+    accelerator.scaler.update(new_scale=512.0)  # what overflows had brought it down to
+    path = checkpointer.save(model, optimizer, scheduler, TrainState(step=3), {})
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)  # a fresh process
+    checkpointer.load(path, model, optimizer, scheduler)
+    assert accelerator.scaler.get_scale() == 512.0

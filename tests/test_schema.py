@@ -51,3 +51,29 @@ def test_training_at_lr_zero_is_refused():
 
     with pytest.raises(ConfigError, match=r"trainer.lr=0 is not allowed when training \(allowed: a finite number > 0\)"):
         check_config(compose_config("trainer.lr=0"))
+
+
+@pytest.mark.parametrize("method, override, message", [
+    ("idpg", "method.hidden_size=0", "method.hidden_size=0 is not allowed (allowed: an integer >= 1)"),
+    ("residual_prompt", "method.bottleneck=-1", "method.bottleneck=-1 is not allowed"),
+    ("accept", "method.update_rank=-1", "method.update_rank=-1 is not allowed (allowed: an integer >= 0)"),
+    ("accept", "method.codebook_size=2.5", "method.codebook_size=2.5 is not allowed"),
+    ("lora", "method.r=0", "method.r=0 is not allowed (allowed: an integer >= 1)"),
+    ("dept", "method.update_lr=-1e-4", "method.update_lr=-0.0001 is not allowed"),
+])
+def test_method_sizes_are_refused_before_anything_loads(method, override, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(f"method={method}", override))
+    assert str(error.value).startswith(message)
+
+
+def test_shared_method_checks_live_outside_any_method():
+    from omegaconf import OmegaConf
+
+    from lopa.method_config import non_negative_int, positive_int
+
+    cfg = OmegaConf.create({"name": "m", "rank": 5, "update_rank": 0, "flag": True})
+    assert positive_int(cfg, "rank", maximum=5) == 5 and non_negative_int(cfg, "update_rank") == 0
+    for check, key in ((positive_int, "flag"), (non_negative_int, "flag")):  # a bool is no integer here
+        with pytest.raises(ConfigError, match="method.flag=True is not allowed for m"):
+            check(cfg, key)

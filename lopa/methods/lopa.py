@@ -7,22 +7,14 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from lopa.encoder import InstanceDependentMethod
-from lopa.errors import ConfigError, check_choice
+from lopa.errors import check_choice
+from lopa.method_config import positive_int
 from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
 from lopa.soft_prompt import MethodContext
 
 COMBINES = ("gate", "add", "max", "concat")
 HEAD_BIAS_INITS = ("zero", "default")  # the hidden (down-projection) layer's bias: zeros, or nn.Linear's own init
-
-
-def positive_int(cfg: DictConfig, key: str, maximum: int | None = None) -> int:
-    """cfg[key] as a positive integer, at most `maximum`, or a one-line ConfigError."""
-    value = cfg[key]
-    if not isinstance(value, int) or value <= 0 or (maximum is not None and value > maximum):
-        allowed = f"1..{maximum}" if maximum is not None else "a positive integer"
-        raise ConfigError(f"method.{key}={value!r} is not allowed for {cfg.name} (allowed: {allowed})")
-    return value
 
 
 class TanhHead(nn.Module):
