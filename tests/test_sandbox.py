@@ -19,6 +19,7 @@ from lopa.sandbox import (
     run_program,
     run_programs,
 )
+from tests.helpers import accepted_connection
 
 CORRECT = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
 WRONG = "def add(a, b):\n    return a - b\n\nassert add(2, 3) == 5\n"
@@ -87,15 +88,6 @@ def listener():
     server.setblocking(False)
     yield server
     server.close()
-
-
-def accepted_connection(server: socket.socket) -> bool:
-    try:
-        connection, _ = server.accept()
-    except BlockingIOError:
-        return False
-    connection.close()
-    return True
 
 
 def test_correct_program_passes_and_wrong_one_fails():
