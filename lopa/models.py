@@ -23,12 +23,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lopa import schema
 from lopa.errors import ConfigError, check_choice
 
 log = logging.getLogger(__name__)
 
 MODEL_KINDS = {"causal": AutoModelForCausalLM, "masked": AutoModelForMaskedLM, "seq2seq": AutoModelForSeq2SeqLM}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in schema.DTYPES}
 
 
 def resolve_source(source: str) -> str:

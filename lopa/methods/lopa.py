@@ -10,10 +10,8 @@ from lopa.encoder import InstanceDependentMethod
 from lopa.errors import ConfigError, check_choice
 from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
+from lopa.schema import COMBINES, HEAD_BIAS_INITS
 from lopa.soft_prompt import MethodContext
-
-COMBINES = ("gate", "add", "max", "concat")
-HEAD_BIAS_INITS = ("zero", "default")  # the hidden (down-projection) layer's bias: zeros, or nn.Linear's own init
 
 
 def positive_int(cfg: DictConfig, key: str, maximum: int | None = None) -> int:
