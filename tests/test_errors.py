@@ -37,15 +37,17 @@ def custom_code_model(directory: Path) -> Path:
     return directory
 
 
-def truncated_weights(directory: Path) -> Path:
-    """A weights directory whose safetensors file was cut short (a copy that did not finish)."""
+def prompt_weights(directory: Path, prompt_length: int, truncate: bool = False) -> Path:
+    """A weights directory for BASE's prompt tuning on tiny-llama (d=32) with a prompt of `prompt_length` rows, its
+    safetensors file optionally cut short (a copy that did not finish)."""
     import torch
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True)
-    save_file({"method.prompt": torch.zeros(10, 32)}, directory / "trained.safetensors")
-    data = (directory / "trained.safetensors").read_bytes()
-    (directory / "trained.safetensors").write_bytes(data[: len(data) // 2])
+    path = directory / "trained.safetensors"
+    save_file({"method.prompt_table": torch.zeros(prompt_length, 32)}, path)
+    if truncate:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return directory
 
 
@@ -73,7 +75,8 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
     del rows[2]["sentence2"]
     write_lines(no_field / "rte" / "train.jsonl", [json.dumps(row) for row in rows])
     custom = custom_code_model(root / "custom_model")
-    corrupt = truncated_weights(root / "corrupt_weights")
+    corrupt = prompt_weights(root / "corrupt_weights", 10, truncate=True)
+    other_shape = prompt_weights(root / "other_shape_weights", 3)
     d = f"data_dir={data}"
     cases = {
         "unknown method": (["method=lopaa"], "unknown method 'lopaa' (known: ", []),
@@ -99,6 +102,8 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "checkpoint missing": ([d, f"checkpoint={root / 'no_weights'}"], "does not exist", []),
         "evaluate corrupt weights": ([d, "mode=evaluate", f"checkpoint={corrupt}"],
                                      "trained.safetensors is not a readable safetensors file", []),
+        "evaluate weights of another shape": ([d, "mode=evaluate", f"checkpoint={other_shape}"],
+                                              "saved vs expected shapes: method.prompt_table (3, 32) vs (10, 32)", []),
         "evaluate a missing checkpoint": ([d, "mode=evaluate", f"checkpoint={root / 'no_weights'}"], "does not exist", []),
         "resume from a missing checkpoint": ([d, f"trainer.resume={root / 'no_ckpt'}"], "not a checkpoint directory", []),
         "resume=true without a checkpoint": ([d, "trainer.resume=true"], "trainer.resume=true but", []),
