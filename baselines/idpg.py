@@ -12,10 +12,10 @@ from lopa.encoder import InstanceDependentMethod
 from lopa.errors import ConfigError, check_choice
 from lopa.method_config import positive_int
 from lopa.registry import register_method
+from lopa.schema import PHM_INITS
 from lopa.soft_prompt import MethodContext
 
 ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU}
-PHM_INITS = ("normal", "xavier")
 
 
 class PHMLinear(nn.Module):

@@ -13,11 +13,10 @@ from torch import Tensor, nn
 
 from lopa.errors import check_choice
 from lopa.method_config import positive_int
-from lopa.prompt_init import PROMPT_INITS, initial_prompt
+from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
+from lopa.schema import FACTOR_INITS, PROMPT_INITS
 from lopa.soft_prompt import Method, MethodContext
-
-FACTOR_INITS = ("uniform", "svd")
 
 
 class LowRankFactors(nn.Module):

@@ -11,9 +11,9 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from lopa.errors import ConfigError, check_choice
 from lopa.models import from_pretrained
+from lopa.schema import POOLINGS
 from lopa.soft_prompt import Method, MethodContext
 
-POOLINGS = ("cls", "mean", "pooler")
 MASK_PLACEHOLDER = "<mask>"  # how classification tasks mark the label slot in encoder texts (lopa/tasks/classification.py)
 
 

@@ -16,12 +16,13 @@ from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from lopa import schema
 from lopa.errors import ConfigError, check_choice
 from lopa.fm_kinds import fm_kind_class
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in schema.DTYPES}
 
 
 def resolve_source(source: str) -> str:

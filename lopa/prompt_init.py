@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 
 from lopa.errors import ConfigError, check_choice
+from lopa.schema import PROMPT_INITS
 from lopa.soft_prompt import MethodContext
 
-PROMPT_INITS = ("uniform", "normal", "embedding_scale", "vocab", "label_words", "text")
 FREQUENT_VOCAB_SIZE = 5000
 
 

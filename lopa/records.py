@@ -76,8 +76,10 @@ def failed_record(cfg: DictConfig, error: str, trace: str) -> dict:
 
 
 # Keys that may differ between a completed run and its relaunch without changing what the run computes.
+# task.text_fields only declares what the templates may name (checked, never used to compute): records made before
+# the key existed stay valid.
 RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "trainer.resume", "trainer.num_workers",
-                             "run_name_prefix", "trainer.push_to_hub")
+                             "run_name_prefix", "trainer.push_to_hub", "task.text_fields")
 
 
 def flat_items(node, prefix: str = "") -> dict:
@@ -183,16 +185,32 @@ def load_trained(model: torch.nn.Module, directory: Path) -> dict:
     """Load weights saved by `save_trained` (or a checkpoint's) into a freshly built model; every saved and expected
     tensor must match. Returns the weights' JSON config ({} for a checkpoint)."""
     directory = Path(directory)
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    state = load_file(str(weights_file(directory)))
-    expected = set(trained_state(model))
-    if set(state) != expected:
-        missing, unexpected = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
+    path = weights_file(directory)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:  # truncated, overwritten or not safetensors at all
+        raise ConfigError(f"checkpoint {str(directory)!r}: {path.name} is not a readable safetensors file ({error}); "
+                          "save the weights again") from None
+    expected = trained_state(model)
+    if set(state) != set(expected):
+        missing, unexpected = sorted(set(expected) - set(state))[:3], sorted(set(state) - set(expected))[:3]
         raise ConfigError(f"checkpoint {str(directory)!r} does not fit this method/model (missing {missing}, unexpected {unexpected})")
+    wrong_shapes = [f"{name} {tuple(state[name].shape)} vs {tuple(tensor.shape)}" for name, tensor in expected.items()
+                    if state[name].shape != tensor.shape]
+    if wrong_shapes:
+        raise ConfigError(f"checkpoint {str(directory)!r} does not fit this method/model (saved vs expected shapes: "
+                          f"{', '.join(wrong_shapes[:3])})")
     model.load_state_dict(state, strict=False)
     config = directory / WEIGHTS_CONFIG_FILE
-    return json.loads(config.read_text()) if config.is_file() else {}
+    if not config.is_file():
+        return {}
+    try:
+        return json.loads(config.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"checkpoint {str(directory)!r}: {WEIGHTS_CONFIG_FILE} is not valid JSON ({error})") from None
 
 
 # Method keys that set how weights were optimised, not what they mean: evaluating them under other values is fine.

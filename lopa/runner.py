@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lopa.checkpointing import (
     Checkpointer,
@@ -36,6 +36,7 @@ from lopa.records import (
     write_json,
 )
 from lopa.registry import method_class
+from lopa.schema import LOGGERS, MIXED_PRECISIONS, MODES
 from lopa.schema import validate as validate_values
 from lopa.soft_prompt import MethodContext, TunedModel
 from lopa.tasks import build_task
@@ -44,33 +45,11 @@ from lopa.trainer import evaluation, seed_processes, train
 
 log = logging.getLogger(__name__)
 
-MODES = ("train", "evaluate")
 INIT_TEXT_LIMIT = 2000  # training texts used for frequency-based prompt inits
 
 
-def missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
-    """Dotted keys whose value is ??? (without resolving interpolations that point at them).
-
-    Not `OmegaConf.missing_keys`: it resolves every value, so a ??? that an interpolation points at (method.lr=???
-    under trainer.lr: ${method.lr}) raises InterpolationToMissingValueError instead of being named."""
-    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
-    missing = []
-    for key in keys:
-        path = f"{prefix}{key}"
-        if OmegaConf.is_missing(node, key):
-            missing.append(path)
-            continue
-        child = node._get_node(key)
-        if isinstance(child, DictConfig | ListConfig) and not OmegaConf.is_interpolation(node, key):
-            missing += missing_keys(child, f"{path}.")
-    return missing
-
-
 def check_config(cfg: DictConfig) -> None:
-    """Fail early, in one line, on required values left as ??? and on impossible settings."""
-    missing = sorted(missing_keys(cfg))
-    if missing:
-        raise ConfigError(f"missing required config values: {', '.join(missing)} (set them on the command line)")
+    """Fail early, in one line, on required values left as ???, values the table refuses and impossible settings."""
     validate_values(cfg)
     check_choice("mode", cfg.mode, MODES)
     preset_methods = cfg.get("preset_methods")
@@ -113,7 +92,7 @@ def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} requested but no GPU is available here (use device=cpu or device=auto)")
     check_choice("device", device.split(":")[0], ("auto", "cpu", "cuda"))
-    check_choice("trainer.mixed_precision", cfg.trainer.mixed_precision, ("no", "fp16", "bf16"))
+    check_choice("trainer.mixed_precision", cfg.trainer.mixed_precision, MIXED_PRECISIONS)
     log_with = None
     if cfg.logger.name == "wandb":
         try:
@@ -122,7 +101,7 @@ def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
             raise ConfigError("logger=wandb needs the wandb package (pip install wandb) or use logger=none") from None
         log_with = "wandb"
     else:
-        check_choice("logger", cfg.logger.name, ("wandb", "none"))
+        check_choice("logger", cfg.logger.name, LOGGERS)
     return Accelerator(
         cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
         mixed_precision=cfg.trainer.mixed_precision,

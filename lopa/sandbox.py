@@ -10,8 +10,10 @@ setpriv then drops to uid/gid 65534 with no capabilities, an empty bounding set 
 setuid binary gains anything). bwrap is not given a user namespace: started by root it would map the
 sandbox uid to host root, for which RLIMIT_NPROC is not enforced and root-owned files stay readable.
 rlimits: address space (memory_mb), CPU time, file size, open files and RLIMIT_NPROC (64 processes of
-uid 65534, which also bounds fork bombs: note that parallel sandboxes share this count); a wall-clock
-timeout SIGKILLs bwrap's process group and the namespace's init, which kills every process of the run.
+uid 65534, which also bounds fork bombs: note that parallel sandboxes share this count). The time budget
+timeout_s is CPU time (RLIMIT_CPU), so a verdict does not depend on how busy the machine is; a wall-clock
+limit of WALL_CLOCK_FACTOR times the budget catches programs that wait without computing (sleep, blocking
+reads): it SIGKILLs bwrap's process group and the namespace's init, which kills every process of the run.
 Not done: no seccomp filter (every system call is reachable by the uid-65534 process: the kernel is the
 attack surface; nested user namespaces can be created), no cgroup limits (memory is bounded per process
 by RLIMIT_AS only). isolation="none" is the explicit opt-out: a plain subprocess (unshare -n where
@@ -47,6 +49,7 @@ directory, and sockets; its purpose is clear error messages and the isolation="n
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import re
 import secrets
@@ -67,6 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from lopa.errors import ConfigError, check_choice
+from lopa.schema import ISOLATIONS, SANDBOX_MIN_MEMORY_MB, SANDBOX_MIN_OUTPUT_BYTES
 
 STATUSES = ("passed", "failed", "timeout", "error")
 TAIL_BYTES = 4096  # how much of each output stream an ExecutionResult keeps
@@ -75,6 +79,10 @@ TAIL_BYTES = 4096  # how much of each output stream an ExecutionResult keeps
 # and the group kill are the main fork-bomb defence.
 PROCESS_LIMIT = 64
 OPEN_FILES_LIMIT = 256
+# Wall clock allowed per CPU second of budget. A CPU-bound program that shares its core waits for it: MBPP's
+# reference of task 123 needs 4.5 s of CPU but took over 10 s of wall clock on a 2-core machine running two
+# sandboxes beside another job, and a wall-clock budget of 10 s scored it "timeout".
+WALL_CLOCK_FACTOR = 2
 SETUP_ERROR_EXIT = 125  # the runner's exit status when the sandbox itself could not be set up
 SETUP_ERROR_MARK = b"lopa-sandbox-setup-error"
 # Imports compile from source: .pyc files load through marshal.loads, which the audit hook refuses
@@ -87,7 +95,7 @@ class ExecutionResult:
     """Outcome of one sandboxed program.
 
     status is "passed" (ran to its end, verified by the token), "failed" (raised, exited early, was killed
-    by a signal or a limit other than time), "timeout" (wall-clock or CPU-time limit) or "error" (the
+    by a signal or a limit other than time), "timeout" (CPU-time or wall-clock limit) or "error" (the
     sandbox could not run it at all: nothing is known about the program).
     """
 
@@ -359,7 +367,6 @@ def network_isolation_prefix() -> list[str]:
         return list(_isolation_prefix)
 
 
-ISOLATIONS = ("bwrap", "none")
 SANDBOX_UID = 65534  # nobody
 TMP_BYTES = 64 * 2**20  # the sandbox's only writable places are two size-limited tmpfs: /tmp and /dev/shm
 SHM_BYTES = 16 * 2**20
@@ -433,7 +440,7 @@ def _bwrap_prefix() -> list[str]:
 
 
 def _limit_specs(timeout_s: float, memory_mb: int, max_output_bytes: int) -> list[str]:
-    cpu_seconds = int(timeout_s) + 1
+    cpu_seconds = math.ceil(timeout_s)  # RLIMIT_CPU counts whole seconds
     limits = {
         "RLIMIT_AS": (memory_mb * 2**20, memory_mb * 2**20),
         "RLIMIT_CPU": (cpu_seconds, cpu_seconds + 1),  # SIGXCPU at the soft limit, SIGKILL one second later
@@ -527,16 +534,19 @@ def run_program(
 ) -> ExecutionResult:
     """Run one Python program in the sandbox; passed only if it ran to its end (see the module docstring).
 
+    timeout_s is CPU seconds (rounded up to whole ones); the program is also killed after WALL_CLOCK_FACTOR
+    times as many seconds of wall clock.
+
     isolation="bwrap" (the default) runs it under bubblewrap as uid 65534 and raises a ConfigError where
     that is impossible; "none" is the explicit opt-out: a plain subprocess with only the in-process guard.
     _in_process_guard=False drops the guard and audit hook: only for tests of the bwrap layer alone.
     """
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
-    if memory_mb < 64:
-        raise ValueError(f"memory_mb must be at least 64 (the interpreter needs it), got {memory_mb!r}")
-    if max_output_bytes < 1024:
-        raise ValueError(f"max_output_bytes must be at least 1024, got {max_output_bytes!r}")
+    if memory_mb < SANDBOX_MIN_MEMORY_MB:
+        raise ValueError(f"memory_mb must be at least {SANDBOX_MIN_MEMORY_MB} (the interpreter needs it), got {memory_mb!r}")
+    if max_output_bytes < SANDBOX_MIN_OUTPUT_BYTES:
+        raise ValueError(f"max_output_bytes must be at least {SANDBOX_MIN_OUTPUT_BYTES}, got {max_output_bytes!r}")
     check_isolation(isolation)
     token = secrets.token_hex(16).encode()
     token_line = b"\n" + token + b"\n"
@@ -607,7 +617,7 @@ def run_program(
                     fds = []
                     match = re.search(rb'"child-pid": *([0-9]+)', info.read())
                 init_pid = int(match.group(1)) if match else None
-            timed_out = _wait_and_kill_group(process, timeout_s)
+            timed_out = _wait_and_kill_group(process, WALL_CLOCK_FACTOR * timeout_s)
             _wait_for_exit(init_pid, 5.0)
             duration_s = time.monotonic() - start
             stdout = _read_tail(stdout_file, TAIL_BYTES + len(token_line))

@@ -20,12 +20,11 @@ from transformers import get_scheduler
 from lopa.checkpointing import Checkpointer, StopOnSigterm, TrainState
 from lopa.errors import ConfigError, check_choice
 from lopa.progress import progress_bar
+from lopa.schema import SCHEDULERS
 from lopa.soft_prompt import TunedModel
 from lopa.tasks.base import Task
 
 log = logging.getLogger(__name__)
-
-SCHEDULERS = ("constant_with_warmup", "linear", "constant")
 
 
 @dataclass

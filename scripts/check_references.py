@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lopa.code_prompts import truncate_at_stops  # noqa: E402
-from lopa.sandbox import ISOLATIONS  # noqa: E402
+from lopa.schema import ISOLATIONS  # noqa: E402
 from lopa.tasks.code import CodeGenerationTask  # noqa: E402
 
 TASK_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "task" / "code"
@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--limit", type=int, default=None, help="only the first N problems of each task")
-    parser.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per program")
+    parser.add_argument("--timeout", type=float, default=10.0, help="CPU seconds per program (task.execution.timeout_s)")
     parser.add_argument("--isolation", choices=ISOLATIONS, default=None, help="override task.execution.isolation")
     args = parser.parse_args()
 

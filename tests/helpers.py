@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -32,3 +33,13 @@ def batch_of(task: Task, examples: list[dict]) -> dict:
 
 def cpu_accelerator() -> Accelerator:
     return Accelerator(cpu=True)
+
+
+def accepted_connection(server: socket.socket) -> bool:
+    """Whether a non-blocking listening socket has a connection waiting (a sandboxed program got through)."""
+    try:
+        connection, _ = server.accept()
+    except BlockingIOError:
+        return False
+    connection.close()
+    return True

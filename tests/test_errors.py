@@ -37,6 +37,20 @@ def custom_code_model(directory: Path) -> Path:
     return directory
 
 
+def prompt_weights(directory: Path, prompt_length: int, truncate: bool = False) -> Path:
+    """A weights directory for BASE's prompt tuning on tiny-llama (d=32) with a prompt of `prompt_length` rows, its
+    safetensors file optionally cut short (a copy that did not finish)."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    path = directory / "trained.safetensors"
+    save_file({"method.prompt_table": torch.zeros(prompt_length, 32)}, path)
+    if truncate:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return directory
+
+
 def write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines))
@@ -56,7 +70,13 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
     write_lines(bad_label / "rte" / "train.jsonl", [json.dumps(row) for row in rows])
     empty = write_glue_fixture(root / "empty", "rte", train_rows=8, eval_rows=4)
     (empty / "rte" / "validation.jsonl").write_text("\n")
+    no_field = write_glue_fixture(root / "no_field", "rte", train_rows=8, eval_rows=4)
+    rows = [json.loads(line) for line in (no_field / "rte" / "train.jsonl").read_text().splitlines()]
+    del rows[2]["sentence2"]
+    write_lines(no_field / "rte" / "train.jsonl", [json.dumps(row) for row in rows])
     custom = custom_code_model(root / "custom_model")
+    corrupt = prompt_weights(root / "corrupt_weights", 10, truncate=True)
+    other_shape = prompt_weights(root / "other_shape_weights", 3)
     d = f"data_dir={data}"
     cases = {
         "unknown method": (["method=lopaa"], "unknown method 'lopaa' (known: ", []),
@@ -67,7 +87,6 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "prompt length 0": ([d, "method.prompt_length=0"], "method.prompt_length", []),
         "lopa prompt length negative": ([d, "method=lopa", "method.prompt_length=-2"], "method.prompt_length=-2", []),
         "rank 0": ([d, "method=lopa", "method.rank=0"], "method.rank=0", []),
-        "rank above the prompt length": ([d, "method=lopa", "method.prompt_length=4", "method.rank=9"], "method.rank=9 is not allowed for lopa (allowed: 1..4)", []),
         "lora rank 0": ([d, "method=lora", "method.r=0"], "method.r", []),
         "data_dir missing": ([f"data_dir={root / 'nowhere'}"], "does not exist", []),
         "split file missing": ([f"data_dir={no_eval}"], "no file for split 'validation'", []),
@@ -81,6 +100,10 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
         "max length below the prompt": ([d, "method.prompt_length=4", "task.max_length=12"],
                                         "task.max_length=12 is too small for a 4-token prompt", []),
         "checkpoint missing": ([d, f"checkpoint={root / 'no_weights'}"], "does not exist", []),
+        "evaluate corrupt weights": ([d, "mode=evaluate", f"checkpoint={corrupt}"],
+                                     "trained.safetensors is not a readable safetensors file", []),
+        "evaluate weights of another shape": ([d, "mode=evaluate", f"checkpoint={other_shape}"],
+                                              "saved vs expected shapes: method.prompt_table (3, 32) vs (10, 32)", []),
         "evaluate a missing checkpoint": ([d, "mode=evaluate", f"checkpoint={root / 'no_weights'}"], "does not exist", []),
         "resume from a missing checkpoint": ([d, f"trainer.resume={root / 'no_ckpt'}"], "not a checkpoint directory", []),
         "resume=true without a checkpoint": ([d, "trainer.resume=true"], "trainer.resume=true but", []),
@@ -90,17 +113,10 @@ def make_cases(root: Path) -> dict[str, tuple[list[str], list[str], str]]:
                                      "allow it with model.trust_remote_code=true", []),
         "input longer than dept's fixed padding": ([d, "method=dept", "method.update_length=4", "method.rank=2"],
                                                    "tokens but the position-wise update has s=4 rows", []),
-        # lopa/schema.py: numeric ranges and types, refused before any model or data is loaded
-        "nan learning rate": ([d, "trainer.lr=NaN"], "trainer.lr=nan is not allowed (allowed: a finite number >= 0)", []),
-        "negative learning rate": ([d, "trainer.lr=-0.1"], "trainer.lr=-0.1 is not allowed", []),
-        "negative max_steps": ([d, "trainer.max_steps=-1"], "trainer.max_steps=-1 is not allowed (allowed: null or an integer >= 1)", []),
-        "zero epochs": ([d, "trainer.max_steps=null", "trainer.epochs=0"], "trainer.epochs=0 is not allowed", []),
-        "zero accumulation": ([d, "trainer.grad_accum_steps=0"], "trainer.grad_accum_steps=0 is not allowed", []),
-        "warm-up ratio above 1": ([d, "trainer.warmup_ratio=1.5"], "trainer.warmup_ratio=1.5 is not allowed (allowed: a finite number in [0, 1])", []),
-        "negative eval limit": ([d, "eval.limit=-3"], "eval.limit=-3 is not allowed", []),
-        "negative train limit": ([d, "trainer.train_limit=-1"], "trainer.train_limit=-1 is not allowed", []),
-        "zero batch size": ([d, "trainer.batch_size=0"], "trainer.batch_size=0 is not allowed (allowed: an integer >= 1)", []),
-        "non-integer seed": ([d, "seed=abc"], "seed='abc' is not allowed (allowed: an integer)", []),
+        # lopa/schema.py refuses bad values before anything loads: the issue's list is test_bad_values_fail_fast below
+        "lopa rank above the prompt length": ([d, "method=lopa", "method.prompt_length=4", "method.rank=9"],
+                                              "method.rank=9 is not allowed (allowed: an integer in [1, method.prompt_length=4])", []),
+        "row lacks a declared field": ([f"data_dir={no_field}"], "task 'rte': row 2 of split 'train' lacks field(s) sentence2", []),
         "float seed": ([d, "seed=1.5"], "seed=1.5 is not allowed (allowed: an integer)", []),
     }
     return cases
@@ -148,7 +164,7 @@ def test_bad_input_from_a_fresh_interpreter_is_one_line(tmp_path):
                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 2
-    assert out.stderr == "error: method.rank=0 is not allowed for lopa (allowed: 1..10)\n"
+    assert out.stderr == "error: method.rank=0 is not allowed (allowed: an integer in [1, method.prompt_length=10])\n"
 
 
 def _drive(spec_path: str) -> None:
@@ -196,12 +212,53 @@ if __name__ == "__main__":
     _drive(sys.argv[1])
 
 
-@pytest.mark.parametrize("override", ["trainer.lr=NaN", "trainer.max_steps=-1", "seed=abc"])
-def test_a_bad_number_is_refused_before_torch_loads(override):
-    """The value table runs before the heavy imports, so the one error line comes in about a second."""
-    out = subprocess.run([sys.executable, "-X", "importtime", "run.py", override, "logger=none"], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+# The issue's bad inputs: each is refused by lopa/schema.py before torch and transformers load, so a fresh run.py
+# fails in about two seconds with exit 2, one `error:` line naming the key, no traceback and only the failed record.
+BAD_VALUES = [
+    (["trainer.lr=NaN"], "trainer.lr=nan is not allowed (allowed: a finite number >= 0)"),
+    (["trainer.lr=-1"], "trainer.lr=-1 is not allowed (allowed: a finite number >= 0)"),
+    (["trainer.max_steps=-1"], "trainer.max_steps=-1 is not allowed (allowed: null or an integer >= 1)"),
+    (["trainer.epochs=0"], "trainer.epochs=0 is not allowed (allowed: an integer >= 1)"),
+    (["trainer.grad_accum_steps=0"], "trainer.grad_accum_steps=0 is not allowed (allowed: an integer >= 1)"),
+    (["trainer.warmup_ratio=1.5"], "trainer.warmup_ratio=1.5 is not allowed (allowed: a finite number in [0, 1])"),
+    (["eval.limit=-3"], "eval.limit=-3 is not allowed (allowed: null or an integer >= 1)"),
+    (["trainer.train_limit=-3"], "trainer.train_limit=-3 is not allowed (allowed: null or an integer >= 1)"),
+    (["trainer.batch_size=0"], "trainer.batch_size=0 is not allowed (allowed: an integer >= 1)"),
+    (["seed=abc"], "seed='abc' is not allowed (allowed: an integer)"),
+    (["task=code/mbpp", "model=tiny-codegen", "task.execution.isolation=docker"],
+     "task.execution.isolation='docker' is not allowed (allowed: one of bwrap, none)"),
+    (["task.causal_template='{sentence1} {premise}'"], "task.causal_template='{sentence1} {premise}' is not allowed "
+     "(allowed: a text naming in {braces} only the fields task.text_fields declares: sentence1, sentence2)"),
+    (["trainer.scheduler=cosine"],
+     "trainer.scheduler='cosine' is not allowed (allowed: one of constant_with_warmup, linear, constant)"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_value_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Every BAD_VALUES case as its own fresh `python run.py`, all started at once (each is mostly interpreter and
+    Hydra start-up, so on several cores they take about as long as one); keyed by the test id."""
+    root = tmp_path_factory.mktemp("bad_values")
+    started = {}
+    for number, (overrides, _) in enumerate(BAD_VALUES):
+        run_dir = root / str(number)
+        command = [sys.executable, "-X", "importtime", "run.py", *overrides, "logger=none", f"hydra.run.dir={run_dir}"]
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        started[" ".join(overrides)] = (process, command, run_dir)
+    runs = {}
+    for name, (process, command, run_dir) in started.items():
+        stdout, stderr = process.communicate(timeout=300)
+        runs[name] = (subprocess.CompletedProcess(command, process.returncode, stdout, stderr), run_dir)
+    return runs
+
+
+@pytest.mark.parametrize("overrides, message", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_bad_values_fail_fast(bad_value_runs, overrides, message):
+    out, run_dir = bad_value_runs[" ".join(overrides)]
     lines = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
-    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert (out.returncode, lines) == (2, [f"error: {message}"])
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     assert not {"torch", "transformers"} & imported
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["status"] == "failed" and message in record["error"] and not leftovers(run_dir)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from lopa.sandbox import run_programs
+from tests.helpers import accepted_connection
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed: apt-get install bubblewrap"
@@ -136,15 +137,6 @@ def alive_with_mark() -> list[str]:
     return found
 
 
-def accepted(server: socket.socket) -> bool:
-    try:
-        connection, _ = server.accept()
-    except BlockingIOError:
-        return False
-    connection.close()
-    return True
-
-
 def test_attacks_are_contained_by_the_os_with_and_without_the_guard(world):
     programs = attacks(world)
     names = list(programs)
@@ -169,8 +161,8 @@ def test_attacks_are_contained_by_the_os_with_and_without_the_guard(world):
         victim = directory / "victim.txt"
         assert victim.read_text() == "original"
         assert victim.stat().st_mtime == 1_000_000_000
-    assert not accepted(world["tcp"]), "a program reached the host TCP listener"
-    assert not accepted(world["unix"]), "a program reached the host unix socket"
+    assert not accepted_connection(world["tcp"]), "a program reached the host TCP listener"
+    assert not accepted_connection(world["unix"]), "a program reached the host unix socket"
 
 
 def test_restoring_the_originals_or_forging_the_token_never_passes(world):

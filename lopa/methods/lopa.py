@@ -11,10 +11,8 @@ from lopa.errors import check_choice
 from lopa.method_config import positive_int
 from lopa.prompt_init import initial_prompt
 from lopa.registry import register_method
+from lopa.schema import COMBINES, HEAD_BIAS_INITS
 from lopa.soft_prompt import MethodContext
-
-COMBINES = ("gate", "add", "max", "concat")
-HEAD_BIAS_INITS = ("zero", "default")  # the hidden (down-projection) layer's bias: zeros, or nn.Linear's own init
 
 
 class TanhHead(nn.Module):

@@ -3,8 +3,6 @@ or as the first decoder token (seq2seq: GLUE as text-to-text with the label word
 
 from __future__ import annotations
 
-import string
-
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
@@ -13,13 +11,10 @@ from transformers import PreTrainedTokenizerBase
 from lopa.errors import ConfigError
 from lopa.metrics import compute_metrics
 from lopa.progress import progress_bar
+from lopa.schema import template_fields
 from lopa.tasks.base import Task
 
 MASK = "<mask>"
-
-
-def template_fields(template: str) -> list[str]:
-    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
 
 class ClassificationTask(Task):
@@ -84,6 +79,18 @@ class ClassificationTask(Task):
                 break  # the template alone (or with one token a field) does not fit
             fields[longest] = self.tokenizer.decode(pieces[longest][: length - cut])
         raise ConfigError(f"task {self.name!r}: cannot fit the template of example {row} into {budget} tokens")
+
+    def load(self, split_key: str, limit: int | None = None) -> list[dict]:
+        """Rows of a split, each checked for the fields task.text_fields declares and a label (the templates were
+        checked against the declaration before anything loaded: lopa/schema.py)."""
+        rows = super().load(split_key, limit)
+        required = [*self.cfg.get("text_fields", self.fields), "label"]
+        for index, row in enumerate(rows):
+            missing = [name for name in required if name not in row]
+            if missing:
+                raise ConfigError(f"task {self.name!r}: row {index} of split {self.split_name(split_key)!r} lacks "
+                                  f"field(s) {', '.join(missing)} (task.text_fields declares {', '.join(required[:-1])})")
+        return rows
 
     def encode(self, row: dict, index: int, split_key: str) -> dict:
         missing = [name for name in self.fields + ["label"] if name not in row]

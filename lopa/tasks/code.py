@@ -19,7 +19,8 @@ from lopa.data import load_rows, read_jsonl
 from lopa.errors import ConfigError, check_choice
 from lopa.progress import progress_bar
 from lopa.records import atomic_write
-from lopa.sandbox import ISOLATIONS, check_isolation, mean_pass_at_k, run_programs
+from lopa.sandbox import check_isolation, mean_pass_at_k, run_programs
+from lopa.schema import ISOLATIONS, STAGES
 from lopa.tasks import TASK_KINDS
 from lopa.tasks.base import Task
 
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 
 GENERATIONS_FILE = "generations.jsonl"
 EXECUTIONS_FILE = "executions.jsonl"
-STAGES = ("all", "generate")
 
 
 @dataclass(frozen=True)
