@@ -5,7 +5,7 @@ training. `protocol: base_to_new` (CoCoOp) trains on the first ceil(C/2) classes
 base classes' test images among the base classes, on the new classes' among the new ones, and their harmonic mean H.
 
 Images come from a local folder `<data_dir>/<local_dir>/<split>/<class>/*.<ext>` when data_dir is set, else from a
-torchvision dataset (`source.torchvision`, needs torchvision) or the Hugging Face Hub (`source.hub_path`). They are
+torchvision dataset (`source.torchvision` under `source.torchvision_root`, needs torchvision) or the Hugging Face Hub (`source.hub_path`). They are
 decoded and preprocessed (CLIP's resize, centre crop and normalisation) per batch, never held in memory as tensors.
 """
 
@@ -85,7 +85,8 @@ class HubImages:
     def __init__(self, source: DictConfig, split: str):
         import datasets
 
-        self.dataset = datasets.load_dataset(source.hub_path, source.get("hub_name"), split=split)
+        hub_split = (source.get("hub_splits") or {}).get(split, split)
+        self.dataset = datasets.load_dataset(source.hub_path, source.get("hub_name"), split=hub_split)
         self.image_column, label_column = source.get("image_column", "image"), source.get("label_column", "label")
         self.labels = [int(y) for y in self.dataset[label_column]]
         feature = self.dataset.features[label_column]
@@ -96,7 +97,7 @@ class HubImages:
 
 
 class TorchvisionImages:
-    """A torchvision dataset (`source.torchvision`: its class name) under `source.torchvision_root`."""
+    """A torchvision dataset (`source.torchvision`: its class name) under `source.torchvision_root` (no download)."""
 
     LABEL_ATTRIBUTES = ("targets", "_labels", "labels", "y")
 
@@ -106,8 +107,6 @@ class TorchvisionImages:
         except ImportError:
             raise ConfigError(f"task source torchvision={source.torchvision!r} needs torchvision (pip install "
                               "torchvision), or set data_dir to a local image folder") from None
-        if not source.get("torchvision_root"):
-            raise ConfigError("task.source.torchvision_root must name the directory holding the torchvision dataset")
         cls = getattr(torchvision.datasets, source.torchvision)
         split_kwargs = dict(source.get("torchvision_split_kwargs", {}).get(split, {"split": split}))
         self.dataset = cls(source.torchvision_root, **split_kwargs)
@@ -152,7 +151,7 @@ class ImageClassificationTask(Task):
             if self.data_dir is not None:
                 self.sources[split] = ImageFolder(Path(self.data_dir) / source.local_dir / split,
                                                   list(self.cfg.class_names) if self.cfg.get("class_names") else None)
-            elif source.get("torchvision"):
+            elif source.get("torchvision") and source.get("torchvision_root"):
                 self.sources[split] = TorchvisionImages(source, split)
             elif source.get("hub_path"):
                 self.sources[split] = HubImages(source, split)
