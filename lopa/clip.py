@@ -43,6 +43,9 @@ class ClipFM(FMKind):
 
     def __init__(self, fm: nn.Module):
         self.fm = fm  # the logits are a similarity, not a vocabulary head
+        # Evaluation without gradients: the class texts' features of the last batch, reused while the prompted text
+        # embeddings are the same (one text-encoder pass per evaluation, not per batch). Any pass with gradients drops them.
+        self._eval_text: tuple[Tensor, Tensor, Tensor] | None = None
 
     @staticmethod
     def token_embeddings(fm: nn.Module) -> nn.Embedding:
@@ -60,7 +63,6 @@ class ClipFM(FMKind):
 
     def text_features(self, method: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """[C, D] L2-normalised text features of the class texts with the method's prompt after the start token."""
-        text_model = self.fm.text_model
         embeds = self.token_embeddings(self.fm)(input_ids)
         embeds = method.update_input_embeddings(embeds, attention_mask)
         prompt = method.prompt({"input_ids": input_ids, "attention_mask": attention_mask})
@@ -70,6 +72,19 @@ class ClipFM(FMKind):
             embeds = torch.cat([embeds[:, :1], prompt.to(embeds.dtype), embeds[:, 1:]], dim=1)
             attention_mask = torch.cat([attention_mask[:, :1], attention_mask.new_ones(len(input_ids), m),
                                         attention_mask[:, 1:]], dim=1)
+        if torch.is_grad_enabled():
+            self._eval_text = None
+        elif self._eval_text is not None and all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(self._eval_text[:2], (input_ids, embeds))):
+            return self._eval_text[2]
+        features = self._encode_text(input_ids, embeds, attention_mask, m)
+        if not torch.is_grad_enabled():
+            self._eval_text = (input_ids, embeds, features)
+        return features
+
+    def _encode_text(self, input_ids: Tensor, embeds: Tensor, attention_mask: Tensor, m: int) -> Tensor:
+        """CLIP's text transformer on prompted embeddings [C, L + m, d], pooled at each text's EOS (shifted by m)."""
+        text_model = self.fm.text_model
         length = embeds.shape[1]
         limit = text_model.config.max_position_embeddings
         if length > limit:
