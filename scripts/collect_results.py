@@ -336,7 +336,7 @@ def task_order(task) -> tuple:
     labels = list(BASE_TO_NEW.values())
     if name and part in labels:
         return (*order_of(name, TASK_ORDER), labels.index(part))
-    return (*task_order(task), -1)
+    return (*order_of(task, TASK_ORDER), -1)
 
 
 def order_of(value, order: list[str]) -> tuple:
