@@ -1,8 +1,9 @@
 """Low-rank prompt: RLP's factorisation (Hao et al. 2023) applied to LM soft prompts, as DPT (Xiao et al. 2023) does.
 
 P = P0 + Dropout(A)·B with A ∈ R^{m×r}, B ∈ R^{r×d} and an optional frozen P0 (vocabulary or text embeddings).
-A and B start uniform(−0.5, 0.5) or as the rank-r SVD of an initial prompt. `merge()` folds everything into one plain
-[m, d] prompt for inference, with identical outputs. Parameters m·r + r·d (8,680 on T5-base with m=100, r=10).
+A and B start uniform(−0.5, 0.5), as the rank-r SVD of an initial prompt, or with A = 0 (the prompt starts at P0).
+`merge()` folds everything into one plain [m, d] prompt for inference, with identical outputs; in eval mode the
+prompt is computed once and reused until training resumes, so evaluation costs what a plain prompt's does. Parameters m·r + r·d (8,680 on T5-base with m=100, r=10).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class MergeablePrompt(Method):
     def __init__(self, cfg: DictConfig, ctx: MethodContext):
         super().__init__(cfg, ctx)
         self.merged_prompt: nn.Parameter | None = None
+        self._eval_prompt: Tensor | None = None  # the merged table while in eval mode (dropped by train())
 
     def prompt_matrix(self) -> Tensor:
         """The [m, d] prompt before merging."""
@@ -60,8 +62,20 @@ class MergeablePrompt(Method):
     def num_virtual_tokens(self) -> int:
         return self.cfg.prompt_length
 
+    def train(self, mode: bool = True):
+        self._eval_prompt = None
+        return super().train(mode)
+
     def prompt(self, batch: dict) -> Tensor:
-        table = self.merged_prompt if self.merged_prompt is not None else self.prompt_matrix()
+        if self.merged_prompt is not None:
+            table = self.merged_prompt
+        elif self.training:
+            table = self.prompt_matrix()
+        else:  # evaluation: merged once, as merge() would, then reused for every batch
+            if self._eval_prompt is None:
+                with torch.no_grad():
+                    self._eval_prompt = self.prompt_matrix().detach()
+            table = self._eval_prompt
         return table.expand(batch["input_ids"].shape[0], -1, -1)
 
     @torch.no_grad()
@@ -89,6 +103,9 @@ class LowRankPrompt(MergeablePrompt):
         rank = positive_int(cfg, "rank", maximum=min(prompt_length, ctx.embed_dim))
         check_choice("method.init", cfg.init, FACTOR_INITS)
         self.factors = LowRankFactors(prompt_length, ctx.embed_dim, rank, cfg.dropout)
+        if cfg.init == "zero":  # A = 0: P starts exactly at P0; A trains through B from the first step, B once A moves
+            with torch.no_grad():
+                self.factors.A.zero_()
         if cfg.init == "svd":
             check_choice("method.svd_source", cfg.svd_source, PROMPT_INITS)
             self.factors.init_from_svd(initial_prompt(cfg.svd_source, prompt_length, ctx, cfg.get("init_text")))

@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
 from lopa.errors import ConfigError, check_choice
 
@@ -74,6 +74,11 @@ class FMKind:
     def token_embeddings(fm: nn.Module) -> nn.Embedding:
         """The FM's token-embedding table: the space a soft prompt lives in."""
         return fm.get_input_embeddings()
+
+    @staticmethod
+    def build_config(model_type: str, architecture: dict, tokenizer):
+        """The transformers config of a randomly initialised FM from a model YAML's `architecture` (tiny test models)."""
+        return AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **architecture)
 
     def prompted_inputs(self, method: nn.Module, batch: dict) -> dict:
         """inputs_embeds, attention_mask and target_ids of the batch with the method's prompt prepended to the text."""

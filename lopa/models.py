@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_model
 from torch import nn
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from lopa import schema
 from lopa.errors import ConfigError, check_choice
@@ -112,7 +112,7 @@ def load_fm(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
             raise ConfigError(f"model {cfg.name!r} needs either `pretrained` or `architecture`")
         arch = OmegaConf.to_container(cfg.architecture, resolve=True)
         model_type = arch.pop("model_type")
-        config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **arch)
+        config = kind.build_config(model_type, arch, tokenizer)
         config.pad_token_id = tokenizer.pad_token_id
         fm = auto_class.from_config(config, dtype=dtype)
     else:

@@ -27,15 +27,16 @@ SCHEDULERS = ("constant_with_warmup", "linear", "constant")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 LOGGERS = ("wandb", "none")
 WANDB_MODES = ("auto", "online", "offline")
-MODEL_KINDS = ("causal", "masked", "seq2seq")  # lopa.fm_kinds registers one FMKind class for each
+MODEL_KINDS = ("causal", "masked", "seq2seq", "clip")  # lopa.fm_kinds registers one FMKind class for each
 DTYPES = ("float32", "bfloat16", "float16")  # torch dtype names
 POOLINGS = ("cls", "mean", "pooler")
-TASK_KINDS = ("classification", "code_generation")  # lopa.tasks.TASK_KINDS maps them to task classes
+TASK_KINDS = ("classification", "code_generation", "image_classification")  # lopa.tasks.TASK_KINDS maps them to task classes
 METRICS = ("accuracy", "f1", "matthews_correlation", "pearson", "spearmanr")  # lopa.metrics.METRICS computes them
 STAGES = ("all", "generate")  # code tasks: generate and execute, or generate only
 ISOLATIONS = ("bwrap", "none")  # lopa/sandbox.py: the OS sandbox, or the explicit opt-out
 PROMPT_INITS = ("uniform", "normal", "embedding_scale", "vocab", "label_words", "text")
-FACTOR_INITS = ("uniform", "svd")  # lowrank_prompt's A and B
+FACTOR_INITS = ("uniform", "svd", "zero")  # lowrank_prompt's and rlp's A and B (zero: A = 0)
+VISION_PROTOCOLS = ("few_shot", "base_to_new")  # CoOp/RLP: all classes, or train on the base half
 COMBINES = ("gate", "add", "max", "concat")  # LoPA's Z_S with the instance part
 HEAD_BIAS_INITS = ("zero", "default")  # LoPA heads' hidden bias: zeros, or nn.Linear's own init
 ACTIVATIONS = ("tanh", "gelu")  # IDPG's generator
@@ -281,7 +282,8 @@ RULES: dict[str, Rule] = {
     "method.hidden_size": POSITIVE_INT,
     "method.bottleneck": POSITIVE_INT,
     "method.dropout": DROPOUT,
-    "method.init": DependsOn("method.name", {"lowrank_prompt": Choice(FACTOR_INITS)}, Choice(PROMPT_INITS)),
+    "method.init": DependsOn("method.name", {"lowrank_prompt": Choice(FACTOR_INITS), "rlp": Choice(FACTOR_INITS)},
+                             Choice(PROMPT_INITS)),
     "method.svd_source": Choice(PROMPT_INITS),
     "method.frozen_init": Choice(PROMPT_INITS, nullable=True),
     "method.combine": Choice(COMBINES),
@@ -309,6 +311,10 @@ RULES: dict[str, Rule] = {
     "encoder.include_mask": BOOLEAN,
     "encoder.trust_remote_code": BOOLEAN,
     "task.kind": Choice(TASK_KINDS),
+    # Image classification (CLIP).
+    "task.protocol": Choice(VISION_PROTOCOLS),
+    "task.shots": POSITIVE_INT,
+    "task.image_size": POSITIVE_INT,
     "task.max_length": POSITIVE_INT,
     "task.min_text_tokens": POSITIVE_INT,
     "task.max_length_includes_prompt": BOOLEAN,

@@ -69,7 +69,10 @@ def summed_loss(model: TunedModel, batch: dict) -> torch.Tensor:
 
 
 def target_tokens(batch: dict) -> torch.Tensor:
-    """How many positions of a batch have a target (what `summed_loss` sums over: the prompt adds none)."""
+    """How many targets `summed_loss` sums over in a batch: positions with a target token (the prompt adds none), or
+    for image classification, whose batches carry no tokens to predict, one class label per example."""
+    if "target_ids" not in batch:
+        return torch.tensor(batch["labels"].numel(), device=batch["labels"].device)
     return (batch["target_ids"] != -100).sum()
 
 

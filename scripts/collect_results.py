@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -45,7 +45,10 @@ IGNORED_KEYS = {"data_dir", "logger", "device", "trainer.num_workers", "eval.bat
                 "trainer.resume", "trainer.checkpoint_every", "trainer.keep_checkpoints"}
 METHOD_ORDER = list(METHOD_LABELS)
 TASK_ORDER = list(TASK_LABELS)
-FRACTION_METRICS = {"accuracy", "f1", "matthews_correlation", "pearson", "spearmanr"}
+FRACTION_METRICS = {"accuracy", "f1", "matthews_correlation", "pearson", "spearmanr", "harmonic_mean", "base_accuracy",
+                    "new_accuracy"}
+# Base-to-new runs (primary metric H) become three columns per dataset, as in CoCoOp's and RLP's tables.
+BASE_TO_NEW = {"base_accuracy": "base", "new_accuracy": "new", "harmonic_mean": "H"}
 CSV_COLUMNS = ["experiment", "model", "task", "method", "prompt_length", "rank"]
 STAT_COLUMNS = ["metric", "mean", "std", "n_seeds", "seeds", "n_failed", "n_missing", "trainable_params",
                 "paper", "diff"]
@@ -75,6 +78,7 @@ class Run:
     wall_time_s: float | None = None
     machine: str | None = None
     commit: str | None = None  # git commit of the code that made the run
+    scores: dict[str, float] = field(default_factory=dict)  # base-to-new runs: base, new and H in percent
 
 
 def as_percent(metric: str, value: float) -> float:
@@ -144,6 +148,9 @@ def load_run(run_dir: Path, score: str = "best") -> Run:
         evaluation = record.get(score) or {}
         if run.metric in evaluation:
             run.score = as_percent(run.metric, float(evaluation[run.metric]))
+        if run.metric == "harmonic_mean":
+            run.scores = {key: as_percent(key, float(evaluation[key])) for key in BASE_TO_NEW
+                          if evaluation.get(key) is not None}
         run.trainable = (record.get("parameters") or {}).get("trainable")
         run.steps, run.wall_time_s = record.get("steps"), record.get("wall_time_s")
         commit = record.get("git_commit") or ""
@@ -244,6 +251,14 @@ def current_runs(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     return kept, superseded
 
 
+def split_base_to_new(run: Run) -> list[Run]:
+    """A base-to-new run as three runs of tasks `<task> base`, `<task> new` and `<task> H`; other runs unchanged."""
+    if run.metric != "harmonic_mean" or run.task is None:
+        return [run]
+    return [replace(run, task=f"{run.task} {label}", metric=key, score=run.scores.get(key))
+            for key, label in BASE_TO_NEW.items()]
+
+
 def short_task(task: str | None) -> str | None:
     return task.split("/")[-1] if task else task
 
@@ -315,6 +330,15 @@ def aggregate(runs: list[Run], paper: PaperNumbers, paper_model: str | None = No
     return frame
 
 
+def task_order(task) -> tuple:
+    """The paper's task order; a base-to-new dataset's columns as base, new, H."""
+    name, _, part = str(task).rpartition(" ")
+    labels = list(BASE_TO_NEW.values())
+    if name and part in labels:
+        return (*order_of(name, TASK_ORDER), labels.index(part))
+    return (*order_of(task, TASK_ORDER), -1)
+
+
 def order_of(value, order: list[str]) -> tuple:
     return (order.index(value), "") if value in order else (len(order), str(value))
 
@@ -327,7 +351,7 @@ def row_order(row: dict, extras: list[str]) -> tuple:
     """Model, then the paper's method order, m, r, other settings, then the paper's task order."""
     number = [-1.0 if missing(row[c]) else float(row[c]) for c in ("prompt_length", "rank")]
     return (str(row["model"]), order_of(row["method"], METHOD_ORDER), *number,
-            tuple(str(row[c]) for c in extras), order_of(row["task"], TASK_ORDER))
+            tuple(str(row[c]) for c in extras), task_order(row["task"]))
 
 
 def format_params(count) -> str:
@@ -362,7 +386,7 @@ def wide_tables(frame: pd.DataFrame) -> list[tuple[str, list[str], list[list[str
     labels = {"prompt_length": "m", "rank": "r"}
     tables = []
     for model, part in frame.groupby("model", sort=False, dropna=False):
-        tasks = sorted(part["task"].dropna().unique(), key=lambda task: order_of(task, TASK_ORDER))
+        tasks = sorted(part["task"].dropna().unique(), key=lambda task: task_order(task))
         header = ["method", *(labels.get(c, c) for c in shown), "params", "seeds",
                   *(TASK_LABELS.get(task, task) for task in tasks)]
         rows = []
@@ -472,6 +496,7 @@ def collect(roots: list[Path], out_dir: Path, experiment: str | None = None, sco
     for sweep_dir in sweep_dirs:
         runs += missing_jobs(sweep_dir, runs)
     runs, superseded = current_runs(runs)
+    runs = [part for run in runs for part in split_base_to_new(run)]
     by_experiment: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_experiment[run.experiment].append(run)

@@ -27,6 +27,10 @@ from lopa.methods.lopa import LoPAPrompt  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
+# openai/clip-vit-base-patch16's architecture: transformers' CLIPConfig defaults (text width 512, vision 768,
+# projection 512) with 16-pixel patches, so CLIP methods are built on the real dimensions without weights.
+CLIP_VIT_B16 = dict(vision_config=dict(patch_size=16, image_size=224))
+
 # roberta-large's architecture (its Hub config.json), to count a trained encoder on the meta device offline.
 ROBERTA_LARGE = dict(vocab_size=50265, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                      intermediate_size=4096, max_position_embeddings=514, type_vocab_size=1)
@@ -112,6 +116,28 @@ def residual_prompt(model: str, m: int, bottleneck: int) -> Callable[[], nn.Modu
     return lambda: Parts(ResidualReparameterisation(d, bottleneck), prompt_shape=(m, d))
 
 
+def clip_method(method: str) -> Callable[[], nn.Module]:
+    """The registered CLIP method itself (configs/method/<method>.yaml) on a config-built ViT-B/16 CLIPModel.
+
+    The prompt inits need a tokenizer only for the ids of init_text ("a photo of a"); CLIP's own is on the Hub, so the
+    offline MiniLM vocabulary stands in: the ids do not change what trains."""
+    cfg = composed(f"method={method}", "model=clip-vit-b16")
+
+    def build() -> nn.Module:
+        from transformers import CLIPConfig, CLIPModel
+
+        from lopa.models import load_tokenizer
+        from lopa.registry import method_class
+        from lopa.soft_prompt import MethodContext
+
+        tokenizer = load_tokenizer(composed("model=tiny-clip").model)
+        fm = CLIPModel(CLIPConfig(**CLIP_VIT_B16))
+        ctx = MethodContext(fm=fm, tokenizer=tokenizer, model_cfg=cfg.model, encoder_cfg=None)
+        return method_class(method)(cfg.method, ctx)
+
+    return build
+
+
 T5_BASE_D = 768
 
 CASES = [
@@ -132,6 +158,9 @@ CASES = [
          exact=True),
     Case("lowrank_prompt", "t5-base (DPT) m=100, r=10", lowrank_prompt("t5-base", 100, 10), 8_680, exact=True),
     Case("dept", "t5-base m=60, r=30, s=256 (= 100·d)", dept("t5-base", 60, 30, 256), 100 * T5_BASE_D, exact=True),
+    # RLP's "0.5K": n_ctx 4, rank 1 on ViT-B/16's 512-wide text embeddings (METHODS.md §4); CoOp: n_ctx · 512.
+    Case("rlp", "clip-vit-b16 n_ctx=4, r=1: 4·1 + 1·512", clip_method("rlp"), 516, exact=True),
+    Case("coop", "clip-vit-b16 n_ctx=4: 4·512", clip_method("coop"), 2_048, exact=True),
     # No count is printed in the paper: the check is the formula m·d + 2·d·h + h + 3·d (during training).
     Case("residual_prompt", "t5-base m=10, h=800 (formula)", residual_prompt("t5-base", 10, 800),
          10 * T5_BASE_D + 2 * T5_BASE_D * 800 + 800 + 3 * T5_BASE_D, exact=True),

@@ -24,11 +24,15 @@ from lopa.records import atomic_write  # noqa: E402
 
 METHOD_LABELS = {"zero_shot": "none", "full_ft": "full FT", "lora": "LoRA", "prompt_tuning": "PT",
                  "idpg": "S-IDPG", "lopa": "LoPA", "accept": "ACCEPT", "dept": "DePT",
-                 "lowrank_prompt": "low-rank PT", "residual_prompt": "residual PT"}  # paper order first
+                 "lowrank_prompt": "low-rank PT", "residual_prompt": "residual PT", "coop": "CoOp",
+                 "rlp": "RLP"}  # paper order first
 MARKERS = {"zero_shot": "x", "full_ft": "s", "lora": "D", "prompt_tuning": "v", "idpg": "^", "lopa": "o",
-           "accept": "P", "dept": "*", "lowrank_prompt": "<", "residual_prompt": ">"}
+           "accept": "P", "dept": "*", "lowrank_prompt": "<", "residual_prompt": ">", "coop": "h", "rlp": "p"}
 TASK_LABELS = {"sst2": "SST-2", "mnli": "MNLI", "mnli_mm": "MNLI-mm", "cola": "CoLA", "mrpc": "MRPC", "qnli": "QNLI", "qqp": "QQP", "rte": "RTE",
-               "cruxeval_i": "CruxEval-I", "cruxeval_o": "CruxEval-O", "mbpp": "MBPP", "humaneval": "HumanEval"}
+               "cruxeval_i": "CruxEval-I", "cruxeval_o": "CruxEval-O", "mbpp": "MBPP", "humaneval": "HumanEval",
+               "imagenet": "ImageNet", "caltech101": "Caltech101", "oxford_pets": "OxfordPets",
+               "stanford_cars": "StanfordCars", "flowers102": "Flowers102", "food101": "Food101",
+               "fgvc_aircraft": "FGVCAircraft", "sun397": "SUN397", "dtd": "DTD", "eurosat": "EuroSAT", "ucf101": "UCF101"}
 FIXED = ("experiment", "model", "task", "method", "prompt_length", "rank", "metric", "mean", "std", "n_seeds",
          "seeds", "n_failed", "n_missing", "trainable_params", "paper", "diff")
 

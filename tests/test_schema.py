@@ -66,14 +66,14 @@ def test_every_task_passes_and_classification_tasks_declare_their_fields(task):
     # choices, booleans, bounds that are other keys, per-method and per-task rules, templates
     ("trainer.mixed_precision=fp8", "trainer.mixed_precision='fp8' is not allowed (allowed: one of no, fp16, bf16)"),
     ("model.dtype=half", "model.dtype='half' is not allowed (allowed: one of float32, bfloat16, float16)"),
-    ("model.kind=encoder", "model.kind='encoder' is not allowed (allowed: one of causal, masked, seq2seq)"),
+    ("model.kind=encoder", "model.kind='encoder' is not allowed (allowed: one of causal, masked, seq2seq, clip)"),
     ("device=gpu", "device='gpu' is not allowed (allowed: auto, cpu, cuda or cuda:N)"),
     ("trainer.save_weights=yes", "trainer.save_weights='yes' is not allowed (allowed: true or false)"),
     ("eval.split=dev", "eval.split='dev' is not allowed (allowed: one of train, eval)"),
     ("task.metrics=[acc]", "task.metrics=['acc'] is not allowed (allowed: a non-empty list, each item one of accuracy,"),
     ("method=lopa method.rank=11", "method.rank=11 is not allowed (allowed: an integer in [1, method.prompt_length=10])"),
     ("method=lopa method.combine=mul", "method.combine='mul' is not allowed (allowed: one of gate, add, max, concat)"),
-    ("method=lowrank_prompt method.init=normal", "method.init='normal' is not allowed (allowed: one of uniform, svd)"),
+    ("method=lowrank_prompt method.init=normal", "method.init='normal' is not allowed (allowed: one of uniform, svd, zero)"),
     ("method=prompt_tuning method.init=svd", "method.init='svd' is not allowed (allowed: one of uniform, normal,"),
     ("method=idpg method.activation=relu", "method.activation='relu' is not allowed (allowed: one of tanh, gelu)"),
     ("encoder.pooling=max", "encoder.pooling='max' is not allowed (allowed: one of cls, mean, pooler)"),
@@ -117,6 +117,7 @@ def test_enumerated_names_are_those_the_code_implements():
     from lopa.models import DTYPES
     from lopa.tasks import TASK_KINDS
     from lopa.tasks.code import FORMATS
+    from lopa.tasks.vision import ImageClassificationTask  # noqa: F401  (registers its kind, as build_task does)
 
     assert {*FM_KINDS, *LAZY_FM_KINDS} == set(schema.MODEL_KINDS) and set(DTYPES) == set(schema.DTYPES)
     assert set(TASK_KINDS) == set(schema.TASK_KINDS) and set(FORMATS) == set(schema.CODE_TASKS)

@@ -16,5 +16,6 @@ def build_task(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, fm_kind: str
     """The task object for `cfg.kind`."""
     if cfg.kind not in TASK_KINDS:
         from lopa.tasks.code import CodeGenerationTask  # noqa: F401  (registers itself; kept lazy)
+        from lopa.tasks.vision import ImageClassificationTask  # noqa: F401  (likewise)
     check_choice("task kind", cfg.kind, TASK_KINDS)
     return TASK_KINDS[cfg.kind](cfg, tokenizer, fm_kind, data_dir)
