@@ -82,6 +82,11 @@ RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "
                              "run_name_prefix", "trainer.push_to_hub", "task.text_fields")
 
 
+# Keys added to the configs after records were made, each with the value that reproduces what runs did before it
+# existed: a record without the key matches a relaunch that has this value (and no other).
+KEYS_ADDED_LATER = {"preset": "none", "trainer.allow_schedule_change": False}
+
+
 def flat_items(node, prefix: str = "") -> dict:
     if isinstance(node, dict):
         return {k: v for key, child in node.items() for k, v in flat_items(child, f"{prefix}{key}.").items()}
@@ -106,6 +111,7 @@ def completed_record(run_dir: Path, config: dict) -> dict | None:
     if record.get("status") != "completed":
         return None
     old, new = flat_items(record.get("config") or {}), flat_items(config)
+    old = {**{key: value for key, value in KEYS_ADDED_LATER.items() if key not in old}, **old}
     differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key)
                        and not key.startswith(RELAUNCH_INDEPENDENT_KEYS))
     if differing:

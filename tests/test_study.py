@@ -138,3 +138,17 @@ def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(
     assert lopa.n_seeds == 2 and lopa.seeds == "1 2" and lopa.budget_steps in (2, 4)
     for name in ("offline_study.tex", "offline_study_curves.png", "offline_study_params.png"):
         assert (report / name).stat().st_size > 0
+
+
+def test_a_record_older_than_a_key_matches_the_value_that_reproduces_it(tmp_path):
+    """Records written before `preset` existed stay valid for relaunches with preset=none, not with another preset."""
+    from lopa.records import ForeignRecordError, completed_record
+
+    config = {"preset": "none", "trainer": {"lr": 1e-3, "allow_schedule_change": False}, "seed": 1}
+    older = {"trainer": {"lr": 1e-3}, "seed": 1}
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": older}))
+    assert completed_record(tmp_path, config)["config"] == older
+    with pytest.raises(ForeignRecordError, match="preset 'none' -> 'official_nlu'"):
+        completed_record(tmp_path, {**config, "preset": "official_nlu"})
+    with pytest.raises(ForeignRecordError, match="trainer.lr"):
+        completed_record(tmp_path, {**config, "trainer": {"lr": 1e-2, "allow_schedule_change": False}})
