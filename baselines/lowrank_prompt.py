@@ -79,14 +79,22 @@ class MergeablePrompt(Method):
         return table.expand(batch["input_ids"].shape[0], -1, -1)
 
     @torch.no_grad()
-    def merge(self) -> None:
-        """Replace the reparameterised prompt by the plain [m, d] table it computes in eval mode (dropout off)."""
+    def merged_table(self) -> Tensor:
+        """The plain [m, d] table the prompt computes in eval mode (dropout off): what merge() stores."""
         if self.merged_prompt is not None:
-            return
+            return self.merged_prompt.detach()
         was_training = self.training
         self.eval()
         table = self.prompt_matrix().detach().clone()
         self.train(was_training)
+        return table
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Replace the reparameterised prompt by the plain [m, d] table it computes in eval mode (dropout off)."""
+        if self.merged_prompt is not None:
+            return
+        table = self.merged_table()
         for name in self.reparameterisation_names():
             delattr(self, name)
         self.merged_prompt = nn.Parameter(table)

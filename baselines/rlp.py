@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from baselines.lowrank_prompt import LowRankPrompt
@@ -23,17 +22,6 @@ MERGED_PROMPT_FILE = "merged_prompt.safetensors"
 @register_method("rlp")
 class RLP(LowRankPrompt):
     """LowRankPrompt with RLP's defaults; exports the merged [m, d] context beside the trained factors."""
-
-    @torch.no_grad()
-    def merged_table(self) -> torch.Tensor:
-        """The plain [m, d] context that merge() would store (dropout off)."""
-        if self.merged_prompt is not None:
-            return self.merged_prompt.detach()
-        was_training = self.training
-        self.eval()
-        table = self.prompt_matrix().detach().clone()
-        self.train(was_training)
-        return table
 
     def export(self, fm: nn.Module, directory: Path) -> None:
         from safetensors.torch import save_file
