@@ -79,7 +79,8 @@ def failed_record(cfg: DictConfig, error: str, trace: str) -> dict:
 # task.text_fields only declares what the templates may name (checked, never used to compute): records made before
 # the key existed stay valid.
 RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "trainer.resume", "trainer.num_workers",
-                             "run_name_prefix", "trainer.push_to_hub", "task.text_fields")
+                             "run_name_prefix", "trainer.push_to_hub", "task.text_fields",
+                             "study.")  # the study's plan and report: no run reads it
 
 
 # Keys added to the configs after records were made, each with the value that reproduces what runs did before it

@@ -47,6 +47,7 @@ class Selection:
     lr: float
     budget: int  # optimiser steps
     holdout_scores: dict  # lr_factor -> best holdout score of the selection seed's run
+    at_horizon: bool = False  # the budget is the run's last evaluation: its curve had not plateaued yet
 
 
 def primary_metric(record: dict) -> str:
@@ -76,9 +77,9 @@ def select(records: dict[float, dict], metric: str, tolerance: float) -> Selecti
         return None
     best = {factor: max(score for _, score in curve(r, metric, "holdout")) for factor, r in records.items()}
     factor = max(sorted(best), key=lambda f: best[f])
-    chosen = records[factor]
-    return Selection(factor, chosen["config"]["trainer"]["lr"], budget_step(curve(chosen, metric, "holdout"), tolerance),
-                     best)
+    points = curve(records[factor], metric, "holdout")
+    budget = budget_step(points, tolerance)
+    return Selection(factor, records[factor]["config"]["trainer"]["lr"], budget, best, at_horizon=budget == points[-1][0])
 
 
 def evaluation_at(record: dict, step: int) -> dict | None:
@@ -152,12 +153,30 @@ def selection_for(records: dict[str, dict], protocol: dict, task: str, method: s
     return select(runs, primary_metric(next(iter(runs.values()))), protocol["budget_tolerance"])
 
 
+def long_horizon_cells(protocol: dict, records: dict[str, dict], task: str, seeds: list[int]) -> list[tuple[Cell | None, str]]:
+    """The `study.long_horizon` ablation (a longer run at the selected learning rate) of every core method whose
+    selected run was still improving at its last evaluation: its step budget is the horizon, not a plateau."""
+    variant = protocol.get("long_horizon")
+    cells: list[tuple[Cell | None, str]] = []
+    for method in protocol["core_methods"] if variant else []:
+        chosen = selection_for(records, protocol, task, method)
+        if chosen is None:
+            cells.append((None, f"{variant} of {method} on {task} (waits for its learning-rate selection; runs only "
+                                "if the selected run's budget is its horizon)"))
+        elif chosen.at_horizon:
+            cells += [(Cell(task, method, variant, chosen.lr_factor, seed),
+                       f"{variant}: {method}'s selected run had not plateaued at its horizon") for seed in seeds]
+    return cells
+
+
 def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, str]]:
     """Every cell in the order the study runs them (the primary task first; per task: zero-shot, learning-rate
-    selection, the other seeds, ablations, the seed methods), each with why it waits, or None as a cell when its
-    position depends on a selection not made yet (the string says which)."""
+    selection, the other seeds, the selection seed's long-horizon runs, ablations, the seed methods, the other seeds
+    of the long-horizon runs), each with why it waits, or None as a cell when its position depends on a selection
+    not made yet (the string says which)."""
     cells: list[tuple[Cell | None, str]] = []
     seeds = list(protocol["seeds"])
+    other_seeds = [seed for seed in seeds if seed != protocol["selection_seed"]]
     for task in protocol["tasks"]:
         cells.append((Cell(task, ZERO_SHOT, PAPER, 1, protocol["selection_seed"]), "zero-shot"))
         for method in protocol["core_methods"]:
@@ -165,11 +184,11 @@ def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, st
                 cells.append((Cell(task, method, PAPER, factor, protocol["selection_seed"]), "selection"))
         for method in protocol["core_methods"]:
             chosen = selection_for(records, protocol, task, method)
-            for seed in seeds:
-                if seed == protocol["selection_seed"]:
-                    continue
+            for seed in other_seeds:
                 cells.append((Cell(task, method, PAPER, chosen.lr_factor, seed) if chosen else None,
                               f"seeds of {method} on {task} (waits for its learning-rate selection)"))
+        # whether the horizon was long enough is worth knowing before the ablations; its other seeds come last
+        cells += long_horizon_cells(protocol, records, task, [protocol["selection_seed"]])
         for method, variants in (protocol.get("ablations") or {}).items():
             chosen = selection_for(records, protocol, task, method)
             for variant in variants:
@@ -179,4 +198,5 @@ def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, st
         for method in protocol.get("seed_methods") or []:
             for seed in seeds:
                 cells.append((Cell(task, method, PAPER, 1, seed), "seed method at its paper learning rate"))
+        cells += [(cell, why) for cell, why in long_horizon_cells(protocol, records, task, other_seeds) if cell]
     return cells

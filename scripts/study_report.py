@@ -58,6 +58,7 @@ class Row:
     lr: float | None = None
     grid: dict = field(default_factory=dict)  # lr_factor -> best holdout score (selection seed)
     budget: int | None = None
+    at_horizon: bool = False  # the budget is the selector's last evaluation: no plateau within the horizon
     records: list[dict] = field(default_factory=list)  # completed seeds, in seed order
     params: int | None = None
     how: str = ""  # how the learning rate was set
@@ -93,8 +94,9 @@ def row_for(records: dict, study: dict, task: str, method: str, variant: str, fa
     selector = completed(records, Cell(task, method, variant, factor, study["selection_seed"]))
     if selector is not None:
         metric = selector["primary_metric"]
-        row.budget = (0 if method == ZERO_SHOT else budget_step(curve(selector, metric, "holdout"),
-                                                                 study["budget_tolerance"]))
+        points = curve(selector, metric, "holdout")
+        row.budget = 0 if method == ZERO_SHOT else budget_step(points, study["budget_tolerance"])
+        row.at_horizon = method != ZERO_SHOT and row.budget == points[-1][0]
         row.lr = selector["config"]["trainer"]["lr"]
     if row.records:
         row.params = row.records[0]["parameters"]["trainable"]
@@ -118,6 +120,12 @@ def build_rows(records: dict, study: dict) -> list[Row]:
                     if done:
                         row.grid[factor] = max(s for _, s in curve(done, done["primary_metric"], "holdout"))
             rows.append(row)
+        long_horizon = study.get("long_horizon")
+        for method in study["core_methods"] if long_horizon else []:
+            chosen = selections[method]
+            if chosen and chosen.at_horizon:
+                rows.append(row_for(records, study, task, method, long_horizon, chosen.lr_factor,
+                                    f"{METHOD_LABELS.get(method, method)}'s selected"))
         for method, variants in (study.get("ablations") or {}).items():
             chosen = selections.get(method)
             for variant in variants:
@@ -145,6 +153,12 @@ def format_grid(row: Row) -> str:
     if not row.grid:
         return "–"
     return ", ".join(f"×{format_factor(f)}: {100 * s:.1f}" for f, s in sorted(row.grid.items()))
+
+
+def format_budget(row: Row) -> str:
+    if row.budget is None:
+        return "–"
+    return f"{row.budget} (horizon)" if row.at_horizon else str(row.budget)
 
 
 def score_interval(row: Row, metric: str, samples: int) -> tuple[float, float] | None:
@@ -206,7 +220,8 @@ def frame(rows: list[Row], comps: list[dict]) -> pd.DataFrame:
                           "metric": metric, "mean": mean, "std": std, "n_seeds": len(values),
                           "seeds": " ".join(str(r["seed"]) for r in row.records), "lr": row.lr,
                           "lr_factor": row.lr_factor, "lr_grid": format_grid(row), "lr_rule": row.how,
-                          "budget_steps": row.budget, "trainable_params": row.params})
+                          "budget_steps": row.budget, "budget_at_horizon": row.at_horizon,
+                          "trainable_params": row.params})
     for comp in comps:
         lines.append({"kind": "difference", "task": comp["task"].split("/")[-1], "method": f"{comp['a']}-{comp['b']}",
                       "variant": PAPER, "metric": comp["metric"],
@@ -222,7 +237,8 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
     hours = sum(r.get("wall_time_s", 0) for r in done) / 3600
     machines = sorted({f"{r['machine'].get('hostname')} ({r['machine'].get('cpu_count')} CPU cores, torch "
                        f"{r['machine'].get('torch')})" for r in done if r.get("machine")})
-    first = done[0]["config"] if done else {}
+    paper_runs = [r for r in done if r["config"].get("variant") == PAPER] or done
+    first = paper_runs[0]["config"] if paper_runs else {}
     trainer = first.get("trainer", {})
     out = ["# offline_study", "",
            f"Made by `{command}` from {len(done)} completed run records ({hours:.1f} CPU-hours of wall time) on "
@@ -237,7 +253,10 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
            f"{100 * study['budget_tolerance']:g} point(s) of its best holdout score, and the score reported is the "
            f"validation score at that step (not the best validation step), mean ± std over seeds "
            f"{', '.join(map(str, study['seeds']))}. Intervals: 95 % bootstrap over validation examples "
-           f"({study['bootstrap_samples']} resamples), paired by seed and example for differences.", ""]
+           f"({study['bootstrap_samples']} resamples), paired by seed and example for differences. A budget marked "
+           f"\"(horizon)\" is the run's last evaluation: its holdout curve was still rising, so the horizon, not a "
+           f"plateau, set it; such a method gets a `{study.get('long_horizon')}` row (configs/ablation/), the same "
+           f"learning rate run longer.", ""]
     for task in study["tasks"]:
         name = TASK_LABELS.get(task.split("/")[-1], task)
         majority = majority_rate(rows, task)
@@ -256,7 +275,7 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
             interval = score_interval(row, metrics[0], study["bootstrap_samples"])
             out.append("| " + " | ".join([
                 row.label, f"{row.params:,}" if row.params is not None else "–", row.how, format_grid(row),
-                f"{row.lr:g}" if row.lr else "–", str(row.budget) if row.budget is not None else "–",
+                f"{row.lr:g}" if row.lr else "–", format_budget(row),
                 " ".join(str(r["seed"]) for r in row.records) or "–",
                 *[format_score(row.scores(m)) for m in metrics],
                 f"[{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "–"]) + " |")
@@ -352,12 +371,21 @@ def plot_params(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
                   out_dir, "offline_study_params")
 
 
+def protocol_of(record: dict) -> dict:
+    """The study protocol a record was run under, with keys added to the experiment's `study:` block since then at
+    their current values (a record's study block only plans and reports: no run reads it)."""
+    from omegaconf import OmegaConf
+
+    current = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "experiment" / "offline_study.yaml").study)
+    return {**current, **record["config"]["study"]}
+
+
 def write_report(records: dict, out_dir: Path, command: str, figures: bool = True) -> list[Path]:
     """Table, CSV, LaTeX and figures of the study in `out_dir`; returns the written paths."""
     first = next((r for r in records.values() if r.get("config", {}).get("study")), None)
     if first is None:
         raise ValueError("no record carries the study protocol (config.study)")
-    study = first["config"]["study"]
+    study = protocol_of(first)
     rows = build_rows(records, study)
     comps = comparisons(rows, study)
     missing = []

@@ -13,13 +13,13 @@ from sklearn.metrics import f1_score
 
 from lopa.data import split_holdout
 from lopa.errors import ConfigError
-from lopa.study import Cell, budget_step, paired_bootstrap, score, select
+from lopa.study import Cell, budget_step, paired_bootstrap, plan, score, select
 from tests.conftest import REPO, write_glue_fixture
 
 TINY = ["model=tiny-llama", "encoder=tiny-bert", "trainer.checkpoint_every=2", "eval.holdout=6",
         "trainer.mixed_precision=no"]
 SMALL_PROTOCOL = ["study.tasks=[glue/sst2]", "study.core_methods=[prompt_tuning,lopa]", "study.lr_factors=[1,10]",
-                  "study.seeds=[1,2]", "~study.ablations", "study.seed_methods=[]",
+                  "study.seeds=[1,2]", "study.ablations=null", "study.seed_methods=[]", "study.long_horizon=null",
                   "study.comparisons=[[lopa,prompt_tuning]]", "study.bootstrap_samples=200"]
 
 
@@ -43,7 +43,7 @@ def record(holdout: list[float], lr: float = 1e-3, predictions: list[list[int]] 
     evaluations = [{"step": s, "accuracy": h, "holdout": {"accuracy": h}} for s, h in zip(steps, holdout)]
     for evaluation, prediction in zip(evaluations, predictions or []):
         evaluation["predictions"] = prediction
-    return {"status": "completed", "primary_metric": "accuracy", "config": {"trainer": {"lr": lr}},
+    return {"status": "completed", "primary_metric": "accuracy", "config": {"trainer": {"lr": lr}}, "parameters": {"trainable": 10},
             "evaluations": evaluations, "eval_labels": [0, 1, 1, 0, 1, 0, 1, 1], "seed": seed, "run_name": f"r{seed}"}
 
 
@@ -54,6 +54,36 @@ def test_selection_takes_the_best_holdout_factor_and_the_first_step_of_its_plate
     assert chosen.holdout_scores == {0.1: 0.61, 1: 0.80, 10: 0.5}
     assert budget_step([(100, 0.5), (200, 0.9), (300, 0.6)], 0.0) == 200
     assert select({**runs, 10: {**runs[10], "status": "failed"}}, "accuracy", 0.01) is None
+    assert not chosen.at_horizon
+    rising = select({1: record([0.70, 0.75, 0.79, 0.80])}, "accuracy", tolerance=0.01)
+    assert (rising.budget, rising.at_horizon) == (300, False)  # within a point of the best: a plateau
+    still_rising = select({1: record([0.70, 0.75, 0.78, 0.80])}, "accuracy", tolerance=0.01)
+    assert (still_rising.budget, still_rising.at_horizon) == (400, True)
+
+
+def test_a_method_whose_budget_is_its_horizon_gets_a_long_horizon_row(tmp_path):
+    """PT's selected run still rises at its last evaluation, LoPA's has plateaued: only PT is rerun longer (seed 1
+    before the ablations, its other seeds last), and the report marks PT's budget and shows the new row."""
+    protocol = {"tasks": ["glue/sst2"], "core_methods": ["prompt_tuning", "lopa"], "seed_methods": [],
+                "ablations": {"lopa": ["init_vocab"]}, "lr_factors": [1], "seeds": [1, 2], "selection_seed": 1,
+                "budget_tolerance": 0.01, "long_horizon": "long_horizon", "comparisons": [], "bootstrap_samples": 10}
+    records = {"prompt_tuning-paper-sst2-lrx1-s1": record([0.6, 0.7, 0.8]),
+               "lopa-paper-sst2-lrx1-s1": record([0.6, 0.8, 0.8])}
+    names = [cell.run_name if cell else why for cell, why in plan(protocol, records)]
+    assert names == ["zero_shot-paper-sst2-lrx1-s1", "prompt_tuning-paper-sst2-lrx1-s1", "lopa-paper-sst2-lrx1-s1",
+                     "prompt_tuning-paper-sst2-lrx1-s2", "lopa-paper-sst2-lrx1-s2",
+                     "prompt_tuning-long_horizon-sst2-lrx1-s1", "lopa-init_vocab-sst2-lrx1-s1",
+                     "lopa-init_vocab-sst2-lrx1-s2", "prompt_tuning-long_horizon-sst2-lrx1-s2"]
+    assert Cell("glue/sst2", "prompt_tuning", "long_horizon", 1, 1).overrides()[-1] == "+ablation=long_horizon"
+    assert not any("long_horizon" in str(name) for name in
+                   [c.run_name if c else w for c, w in plan({**protocol, "long_horizon": None}, records)])
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from study_report import build_rows, format_budget
+
+    rows = {row.label: row for row in build_rows(records, protocol)}
+    assert format_budget(rows["PT"]) == "300 (horizon)" and format_budget(rows["LoPA"]) == "200"
+    assert "PT (long horizon)" in rows and "LoPA (long horizon)" not in rows
 
 
 def test_scores_match_sklearn_and_the_paired_bootstrap_brackets_the_difference():
@@ -152,3 +182,5 @@ def test_a_record_older_than_a_key_matches_the_value_that_reproduces_it(tmp_path
         completed_record(tmp_path, {**config, "preset": "official_nlu"})
     with pytest.raises(ForeignRecordError, match="trainer.lr"):
         completed_record(tmp_path, {**config, "trainer": {"lr": 1e-2, "allow_schedule_change": False}})
+    # the study block plans and reports cells; no run reads it, so a protocol grown since keeps the records valid
+    assert completed_record(tmp_path, {**config, "study": {"long_horizon": "long_horizon"}}) is not None
