@@ -255,8 +255,8 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
            f"{', '.join(map(str, study['seeds']))}. Intervals: 95 % bootstrap over validation examples "
            f"({study['bootstrap_samples']} resamples), paired by seed and example for differences. A budget marked "
            f"\"(horizon)\" is the run's last evaluation: its holdout curve was still rising, so the horizon, not a "
-           f"plateau, set it; such a method gets a `{study.get('long_horizon')}` row (configs/ablation/), the same "
-           f"learning rate run longer.", ""]
+           f"plateau, set it" + (f"; such a method gets a `{study['long_horizon']}` row (configs/ablation/), the same "
+                                 f"learning rate run longer." if study.get("long_horizon") else "."), ""]
     for task in study["tasks"]:
         name = TASK_LABELS.get(task.split("/")[-1], task)
         majority = majority_rate(rows, task)
