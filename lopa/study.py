@@ -70,6 +70,12 @@ def budget_step(points: list[tuple[int, float]], tolerance: float) -> int:
     return next(step for step, score in points if score >= best - tolerance)
 
 
+def budget_of(points: list[tuple[int, float]], tolerance: float) -> tuple[int, bool]:
+    """The curve's step budget, and whether it is the curve's last evaluation (no plateau within the horizon)."""
+    budget = budget_step(points, tolerance)
+    return budget, budget == points[-1][0]
+
+
 def select(records: dict[float, dict], metric: str, tolerance: float) -> Selection | None:
     """The learning-rate factor whose selection-seed run has the best holdout score (ties: the smaller factor),
     and the step budget read off that run's holdout curve; None until every factor's run has completed."""
@@ -77,9 +83,8 @@ def select(records: dict[float, dict], metric: str, tolerance: float) -> Selecti
         return None
     best = {factor: max(score for _, score in curve(r, metric, "holdout")) for factor, r in records.items()}
     factor = max(sorted(best), key=lambda f: best[f])
-    points = curve(records[factor], metric, "holdout")
-    budget = budget_step(points, tolerance)
-    return Selection(factor, records[factor]["config"]["trainer"]["lr"], budget, best, at_horizon=budget == points[-1][0])
+    budget, at_horizon = budget_of(curve(records[factor], metric, "holdout"), tolerance)
+    return Selection(factor, records[factor]["config"]["trainer"]["lr"], budget, best, at_horizon)
 
 
 def evaluation_at(record: dict, step: int) -> dict | None:

@@ -33,7 +33,7 @@ from lopa.study import (  # noqa: E402
     PAPER,
     ZERO_SHOT,
     Cell,
-    budget_step,
+    budget_of,
     completed,
     correct_matrix,
     curve,
@@ -94,9 +94,10 @@ def row_for(records: dict, study: dict, task: str, method: str, variant: str, fa
     selector = completed(records, Cell(task, method, variant, factor, study["selection_seed"]))
     if selector is not None:
         metric = selector["primary_metric"]
-        points = curve(selector, metric, "holdout")
-        row.budget = 0 if method == ZERO_SHOT else budget_step(points, study["budget_tolerance"])
-        row.at_horizon = method != ZERO_SHOT and row.budget == points[-1][0]
+        if method != ZERO_SHOT:
+            row.budget, row.at_horizon = budget_of(curve(selector, metric, "holdout"), study["budget_tolerance"])
+        else:
+            row.budget = 0
         row.lr = selector["config"]["trainer"]["lr"]
     if row.records:
         row.params = row.records[0]["parameters"]["trainable"]
