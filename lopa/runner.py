@@ -270,6 +270,7 @@ def train_and_record(cfg: DictConfig, model: TunedModel, task: Task, train_examp
         "train_losses": outcome.train_losses,
         "weights": str(weights_dir) if cfg.trainer.save_weights else None,
         "resumed_from": outcome.resumed_from,
+        "earlier_wall_time_s": outcome.earlier_wall_time_s,  # spent by the processes before the last one
         "checkpoint": outcome.last_checkpoint,
     }
 
@@ -330,7 +331,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         record["pushed_to"] = push_to_hub(weights_dir, repo_id, f"{cfg.run_name} (best {task.primary_metric})")
     if scale is not None:
         record["prompt_scale"] = {**scale, "final": prompt_scale(accelerator.unwrap_model(model))}
-    record["wall_time_s"] = round(time.time() - started, 2)
+    record["wall_time_s"] = round(time.time() - started + record.get("earlier_wall_time_s", 0.0), 2)  # every process
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     if accelerator.is_main_process:
         write_json(run_dir / RESULTS_FILE, record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,15 @@ class TrainingOutcome:
     resumed_from: str | None = None  # the checkpoint this run continued from
     interrupted: bool = False  # stopped early by SIGTERM, after saving a checkpoint
     last_checkpoint: str | None = None
+    # Wall time of the processes before this one, up to the checkpoint this one resumed from (their set-up, and any
+    # work after their last checkpoint, excluded): a resumed run's record then counts its whole cost, not its last leg.
+    earlier_wall_time_s: float = 0.0
+    started: float = field(default_factory=time.time, repr=False)  # when this process's training began
 
     def progress(self) -> dict:
         """What a checkpoint must carry to rebuild this outcome."""
-        return {"evaluations": self.evaluations, "best": self.best, "train_losses": self.train_losses}
+        return {"evaluations": self.evaluations, "best": self.best, "train_losses": self.train_losses,
+                "earlier_wall_time_s": round(self.earlier_wall_time_s + time.time() - self.started, 2)}
 
 
 def seed_processes(seed: int) -> None:

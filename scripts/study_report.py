@@ -232,17 +232,27 @@ def frame(rows: list[Row], comps: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(lines)
 
 
+def wall_time(done: list[dict]) -> str:
+    """The records' summed wall time, saying when it undercounts: a resumed run recorded before checkpoints carried
+    the earlier processes' time (`earlier_wall_time_s`) counts only its last process."""
+    hours = sum(r.get("wall_time_s", 0) for r in done) / 3600
+    last_leg_only = sum(1 for r in done if r.get("resumed_from") and "earlier_wall_time_s" not in r)
+    if not last_leg_only:
+        return f"{hours:.1f} hours of wall time"
+    return (f"{hours:.1f} hours of wall time, an undercount: {last_leg_only} resumed run(s) recorded only their last "
+            "process's time")
+
+
 def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict, records: dict, command: str) -> str:
     done = [r for r in records.values() if r.get("status") == "completed"]
     commits = sorted({str(r.get("git_commit"))[:7] for r in done})
-    hours = sum(r.get("wall_time_s", 0) for r in done) / 3600
     machines = sorted({f"{r['machine'].get('hostname')} ({r['machine'].get('cpu_count')} CPU cores, torch "
                        f"{r['machine'].get('torch')})" for r in done if r.get("machine")})
     paper_runs = [r for r in done if r["config"].get("variant") == PAPER] or done
     first = paper_runs[0]["config"] if paper_runs else {}
     trainer = first.get("trainer", {})
     out = ["# offline_study", "",
-           f"Made by `{command}` from {len(done)} completed run records ({hours:.1f} CPU-hours of wall time) on "
+           f"Made by `{command}` from {len(done)} completed run records ({wall_time(done)}) on "
            f"{', '.join(machines) or '–'}; code at commit(s) {', '.join(commits) or '–'}.", "",
            f"Protocol (configs/experiment/offline_study.yaml): {first.get('model', {}).get('name', '?')} with "
            f"{first.get('encoder', {}).get('name', '?')} as instance encoder; batch {trainer.get('batch_size')}, "

@@ -106,6 +106,9 @@ def test_killed_then_preempted_run_resumes_to_the_uninterrupted_result(tmp_path)
     assert resumed["evaluations"] == expected["evaluations"]
     assert [e["epoch"] for e in expected["evaluations"]] == [0, 1, 2]  # each epoch's end, and the last step
     assert resumed["best"] == expected["best"]
+    # The record's wall time covers every process: the two earlier ones are carried by the checkpoint.
+    assert expected["earlier_wall_time_s"] == 0 and resumed["earlier_wall_time_s"] > 0
+    assert resumed["wall_time_s"] > resumed["earlier_wall_time_s"] > interrupted["earlier_wall_time_s"] > 0
     assert checkpoint_steps(reference_dir) == [2, 4, 6, 8]
     final = f"{CHECKPOINTS_DIR}/step-{STEPS:06d}/{WEIGHTS_FILE}"
     for weights in (final, f"weights/{BEST_WEIGHTS_FILE}"):

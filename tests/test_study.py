@@ -86,6 +86,18 @@ def test_a_method_whose_budget_is_its_horizon_gets_a_long_horizon_row(tmp_path):
     assert "PT (long horizon)" in rows and "LoPA (long horizon)" not in rows
 
 
+def test_the_reported_wall_time_says_when_a_resumed_record_counts_only_its_last_process():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from study_report import wall_time
+
+    fresh = {"wall_time_s": 1800.0, "resumed_from": None}
+    carried = {"wall_time_s": 3600.0, "resumed_from": "step-000100", "earlier_wall_time_s": 900.0}
+    assert wall_time([fresh, carried]) == "1.5 hours of wall time"
+    old = {"wall_time_s": 1800.0, "resumed_from": "step-000100"}
+    assert wall_time([fresh, old]) == "1.0 hours of wall time, an undercount: 1 resumed run(s) recorded only their " \
+                                      "last process's time"
+
+
 def test_scores_match_sklearn_and_the_paired_bootstrap_brackets_the_difference():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 400)
