@@ -30,12 +30,25 @@ def read_jsonl(path: Path) -> list[dict]:
 HOLDOUT_SEED = 0  # the held-out slice is the same for every run (any seed, method, learning rate)
 
 
-def split_holdout(rows: list[dict], size: int) -> tuple[list[dict], list[dict]]:
-    """(rows to train on, `size` held-out rows): a fixed random subset, the rest in their original order."""
-    if size >= len(rows):
-        raise ConfigError(f"eval.holdout={size} leaves nothing to train on ({len(rows)} training rows; allowed: "
-                          f"1..{len(rows) - 1})")
-    held = set(torch.randperm(len(rows), generator=torch.Generator().manual_seed(HOLDOUT_SEED))[:size].tolist())
+def split_holdout(rows: list[dict], size: int, min_words: int | None = None,
+                  text_fields: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(rows to train on, `size` held-out rows): a fixed random subset, the rest in their original order.
+
+    With `min_words`, the held-out rows are drawn only among rows whose `text_fields` hold at least that many words
+    together (SST-2's training rows are mostly short phrases, its validation split whole sentences); the shorter
+    rows all stay training rows. Without it the subset is the one every earlier run held out."""
+    eligible = list(range(len(rows)))
+    if min_words is not None:
+        if not text_fields:
+            raise ConfigError(f"eval.holdout_min_words={min_words} needs the task's text_fields (this task has none)")
+        eligible = [i for i in eligible if sum(len(str(rows[i][f]).split()) for f in text_fields) >= min_words]
+    if size >= len(rows) or size > len(eligible):
+        raise ConfigError(f"eval.holdout={size} leaves nothing to train on or is more than the {len(eligible)} rows "
+                          f"it may draw from ({len(rows)} training rows"
+                          + (f", {len(eligible)} of at least {min_words} words" if min_words is not None else "")
+                          + f"; allowed: 1..{min(len(eligible), len(rows) - 1)})")
+    order = torch.randperm(len(eligible), generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    held = {eligible[i] for i in order[:size].tolist()}
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 

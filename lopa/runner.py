@@ -200,7 +200,8 @@ def load_rows(cfg: DictConfig, task: Task) -> tuple[list[dict], list[dict], list
     train_rows = task.load("train") if cfg.mode == "train" or holdout_size else []
     holdout_rows = []
     if holdout_size:
-        train_rows, holdout_rows = split_holdout(train_rows, holdout_size)
+        train_rows, holdout_rows = split_holdout(train_rows, holdout_size, cfg.eval.get("holdout_min_words"),
+                                                 list(cfg.task.get("text_fields") or []))
     train_rows = train_rows[: cfg.trainer.train_limit] if cfg.mode == "train" else []
     return train_rows, holdout_rows, task.load(cfg.eval.split, cfg.eval.limit)
 

@@ -261,6 +261,7 @@ RULES: dict[str, Rule] = {
     "eval.limit": COUNT_OR_NULL,
     "eval.batch_size": POSITIVE_INT,
     "eval.holdout": COUNT_OR_NULL,
+    "eval.holdout_min_words": COUNT_OR_NULL,
     "eval.save_predictions": BOOLEAN,
     "logger.name": Choice(LOGGERS),
     "logger.mode": Choice(WANDB_MODES),

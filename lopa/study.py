@@ -151,8 +151,10 @@ def completed(records: dict[str, dict], cell: Cell) -> dict | None:
     return record if record and record.get("status") == "completed" else None
 
 
-def selection_for(records: dict[str, dict], protocol: dict, task: str, method: str) -> Selection | None:
-    runs = {f: completed(records, Cell(task, method, PAPER, f, protocol["selection_seed"])) for f in protocol["lr_factors"]}
+def selection_for(records: dict[str, dict], protocol: dict, task: str, method: str,
+                  variant: str = PAPER) -> Selection | None:
+    runs = {f: completed(records, Cell(task, method, variant, f, protocol["selection_seed"]))
+            for f in protocol["lr_factors"]}
     if any(r is None for r in runs.values()):
         return None
     return select(runs, primary_metric(next(iter(runs.values()))), protocol["budget_tolerance"])
@@ -176,8 +178,8 @@ def long_horizon_cells(protocol: dict, records: dict[str, dict], task: str, seed
 
 def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, str]]:
     """Every cell in the order the study runs them (the primary task first; per task: zero-shot, learning-rate
-    selection, the other seeds, the selection seed's long-horizon runs, ablations, the seed methods, the other seeds
-    of the long-horizon runs), each with why it waits, or None as a cell when its position depends on a selection
+    selection, the other seeds, the selection seed's long-horizon runs, ablations, selection ablations, the seed
+    methods, the other seeds of the long-horizon runs), each with why it waits, or None as a cell when its position depends on a selection
     not made yet (the string says which)."""
     cells: list[tuple[Cell | None, str]] = []
     seeds = list(protocol["seeds"])
@@ -200,6 +202,12 @@ def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, st
                 for seed in seeds:
                     cells.append((Cell(task, method, variant, chosen.lr_factor, seed) if chosen else None,
                                   f"ablation {variant} of {method} on {task} (waits for its learning-rate selection)"))
+        # ablations of what selection sees (e.g. the holdout slice): the whole grid again, at the selection seed
+        for method, variants in ((protocol.get("selection_ablations") or {}).get(task) or {}).items():
+            for variant in variants:
+                for factor in protocol["lr_factors"]:
+                    cells.append((Cell(task, method, variant, factor, protocol["selection_seed"]),
+                                  f"selection ablation {variant} of {method}"))
         for method in protocol.get("seed_methods") or []:
             for seed in seeds:
                 cells.append((Cell(task, method, PAPER, 1, seed), "seed method at its paper learning rate"))

@@ -33,6 +33,7 @@ from lopa.study import (  # noqa: E402
     PAPER,
     ZERO_SHOT,
     Cell,
+    Selection,
     budget_of,
     completed,
     correct_matrix,
@@ -104,22 +105,29 @@ def row_for(records: dict, study: dict, task: str, method: str, variant: str, fa
     return row
 
 
+def selected_row(records: dict, study: dict, task: str, method: str, variant: str) -> tuple[Selection | None, Row]:
+    """The row of `method`/`variant` at the learning rate its own grid selects on the holdout (the grid so far
+    while the selection is incomplete)."""
+    chosen = selection_for(records, study, task, method, variant)
+    how = "selected on the holdout" if variant == PAPER else "selected again, on this variant's holdout"
+    row = row_for(records, study, task, method, variant, chosen.lr_factor if chosen else None, how)
+    if chosen:
+        row.grid = chosen.holdout_scores
+        return chosen, row
+    for factor in study["lr_factors"]:
+        done = completed(records, Cell(task, method, variant, factor, study["selection_seed"]))
+        if done:
+            row.grid[factor] = max(s for _, s in curve(done, done["primary_metric"], "holdout"))
+    return None, row
+
+
 def build_rows(records: dict, study: dict) -> list[Row]:
     rows = []
     for task in study["tasks"]:
         rows.append(row_for(records, study, task, ZERO_SHOT, PAPER, 1, "none (evaluation only)"))
         selections = {}
         for method in study["core_methods"]:
-            selections[method] = chosen = selection_for(records, study, task, method)
-            row = row_for(records, study, task, method, PAPER, chosen.lr_factor if chosen else None,
-                          "selected on the holdout")
-            if chosen:
-                row.grid = chosen.holdout_scores
-            else:  # selection not complete: show what there is of the grid
-                for factor in study["lr_factors"]:
-                    done = completed(records, Cell(task, method, PAPER, factor, study["selection_seed"]))
-                    if done:
-                        row.grid[factor] = max(s for _, s in curve(done, done["primary_metric"], "holdout"))
+            selections[method], row = selected_row(records, study, task, method, PAPER)
             rows.append(row)
         long_horizon = study.get("long_horizon")
         for method in study["core_methods"] if long_horizon else []:
@@ -132,6 +140,8 @@ def build_rows(records: dict, study: dict) -> list[Row]:
             for variant in variants:
                 rows.append(row_for(records, study, task, method, variant, chosen.lr_factor if chosen else None,
                                     f"{METHOD_LABELS.get(method, method)}'s selected"))
+        for method, variants in ((study.get("selection_ablations") or {}).get(task) or {}).items():
+            rows += [selected_row(records, study, task, method, variant)[1] for variant in variants]
         for method in study.get("seed_methods") or []:
             rows.append(row_for(records, study, task, method, PAPER, 1, "paper value (not selected)"))
     return rows
@@ -267,7 +277,10 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
            f"({study['bootstrap_samples']} resamples), paired by seed and example for differences. A budget marked "
            f"\"(horizon)\" is the run's last evaluation: its holdout curve was still rising, so the horizon, not a "
            f"plateau, set it" + (f"; such a method gets a `{study['long_horizon']}` row (configs/ablation/), the same "
-                                 f"learning rate run longer." if study.get("long_horizon") else "."), ""]
+                                 f"learning rate run longer." if study.get("long_horizon") else ".")
+           + (" A row \"selected again\" changes what selection sees (another holdout slice, configs/ablation/): "
+              f"its whole grid is rerun at seed {study['selection_seed']} only."
+              if study.get("selection_ablations") else ""), ""]
     for task in study["tasks"]:
         name = TASK_LABELS.get(task.split("/")[-1], task)
         majority = majority_rate(rows, task)

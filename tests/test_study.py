@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from lopa.data import split_holdout
@@ -36,6 +37,20 @@ def test_holdout_is_fixed_disjoint_and_keeps_the_training_order():
     assert split_holdout(rows, 10) == (train, held)  # independent of any global RNG state
     with pytest.raises(ConfigError, match="eval.holdout=50 leaves nothing"):
         split_holdout(rows, 50)
+    # the slice every study record held out: its draw must never change
+    assert {r["idx"] for r in held} == set(torch.randperm(50, generator=torch.Generator().manual_seed(0))[:10].tolist())
+
+
+def test_a_holdout_of_long_rows_draws_only_among_them_and_trains_on_every_short_one():
+    rows = [{"idx": i, "sentence": " ".join(["word"] * (i % 20 + 1))} for i in range(100)]  # 1..20 words
+    train, held = split_holdout(rows, 10, min_words=12, text_fields=["sentence"])
+    assert len(held) == 10 and all(len(r["sentence"].split()) >= 12 for r in held)
+    assert [r["idx"] for r in train] == sorted(set(range(100)) - {r["idx"] for r in held})
+    assert split_holdout(rows, 10, min_words=12, text_fields=["sentence"]) == (train, held)
+    with pytest.raises(ConfigError, match=r"eval.holdout=50 .* more than the 45 rows .* 45 of at least 12 words"):
+        split_holdout(rows, 50, min_words=12, text_fields=["sentence"])
+    with pytest.raises(ConfigError, match="needs the task's text_fields"):
+        split_holdout(rows, 10, min_words=12, text_fields=[])
 
 
 def record(holdout: list[float], lr: float = 1e-3, predictions: list[list[int]] | None = None, seed: int = 1) -> dict:
@@ -84,6 +99,32 @@ def test_a_method_whose_budget_is_its_horizon_gets_a_long_horizon_row(tmp_path):
     rows = {row.label: row for row in build_rows(records, protocol)}
     assert format_budget(rows["PT"]) == "300 (horizon)" and format_budget(rows["LoPA"]) == "200"
     assert "PT (long horizon)" in rows and "LoPA (long horizon)" not in rows
+
+
+def test_a_selection_ablation_reruns_the_grid_on_its_task_and_selects_on_its_own_holdout():
+    """The sentence holdout's grid prefers x1 where the paper holdout preferred x10: the row follows its own grid."""
+    protocol = {"tasks": ["glue/sst2", "glue/rte"], "core_methods": ["prompt_tuning"], "seed_methods": [],
+                "ablations": None, "lr_factors": [1, 10], "seeds": [1, 2], "selection_seed": 1, "budget_tolerance": 0.01,
+                "selection_ablations": {"glue/sst2": {"prompt_tuning": ["holdout_sentences"]}},
+                "long_horizon": None, "comparisons": [], "bootstrap_samples": 10}
+    records = {"prompt_tuning-paper-sst2-lrx1-s1": record([0.6, 0.7], lr=1e-3),
+               "prompt_tuning-paper-sst2-lrx10-s1": record([0.7, 0.8], lr=1e-2),
+               "prompt_tuning-holdout_sentences-sst2-lrx1-s1": record([0.7, 0.75], lr=1e-3),
+               "prompt_tuning-holdout_sentences-sst2-lrx10-s1": record([0.6, 0.65], lr=1e-2)}
+    names = [cell.run_name if cell else why for cell, why in plan(protocol, records)]
+    assert [n for n in names if "holdout_sentences" in n] == ["prompt_tuning-holdout_sentences-sst2-lrx1-s1",
+                                                              "prompt_tuning-holdout_sentences-sst2-lrx10-s1"]
+    assert names.index("prompt_tuning-holdout_sentences-sst2-lrx1-s1") > names.index("prompt_tuning-paper-sst2-lrx10-s2")
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from study_report import build_rows
+
+    rows = {(row.task, row.label): row for row in build_rows(records, protocol)}
+    assert rows["glue/sst2", "PT"].lr_factor == 10
+    ablated = rows["glue/sst2", "PT (holdout sentences)"]
+    assert (ablated.lr_factor, ablated.lr, ablated.budget) == (1, 1e-3, 200) and ablated.grid == {1: 0.75, 10: 0.65}
+    assert ("glue/rte", "PT (holdout sentences)") not in rows
+    assert Cell("glue/sst2", "prompt_tuning", "holdout_sentences", 1, 1).overrides()[-1] == "+ablation=holdout_sentences"
 
 
 def test_the_reported_wall_time_says_when_a_resumed_record_counts_only_its_last_process():
