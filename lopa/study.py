@@ -179,8 +179,8 @@ def long_horizon_cells(protocol: dict, records: dict[str, dict], task: str, seed
 def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, str]]:
     """Every cell in the order the study runs them (the primary task first; per task: zero-shot, learning-rate
     selection, the other seeds, the selection seed's long-horizon runs, ablations, selection ablations, the seed
-    methods, the other seeds of the long-horizon runs), each with why it waits, or None as a cell when its position depends on a selection
-    not made yet (the string says which)."""
+    methods, the other seeds of the long-horizon runs), each with why it waits, or None as a cell when its position
+    depends on a selection not made yet (the string says which)."""
     cells: list[tuple[Cell | None, str]] = []
     seeds = list(protocol["seeds"])
     other_seeds = [seed for seed in seeds if seed != protocol["selection_seed"]]
