@@ -20,7 +20,8 @@ from tests.conftest import REPO, write_glue_fixture
 TINY = ["model=tiny-llama", "encoder=tiny-bert", "trainer.checkpoint_every=2", "eval.holdout=6",
         "trainer.mixed_precision=no"]
 SMALL_PROTOCOL = ["study.tasks=[glue/sst2]", "study.core_methods=[prompt_tuning,lopa]", "study.lr_factors=[1,10]",
-                  "study.seeds=[1,2]", "study.ablations=null", "study.seed_methods=[]", "study.long_horizon=null",
+                  "study.seeds=[1,2]", "study.ablations=null", "study.selection_ablations=null",
+                  "study.seed_methods=[]", "study.long_horizon=null",
                   "study.comparisons=[[lopa,prompt_tuning]]", "study.bootstrap_samples=200"]
 
 
