@@ -67,7 +67,8 @@ def curve(record: dict, metric: str, split: str = "eval") -> list[tuple[int, flo
 def budget_step(points: list[tuple[int, float]], tolerance: float) -> int:
     """The first step whose score is within `tolerance` of the curve's best: where the curve has plateaued."""
     best = max(score for _, score in points)
-    return next(step for step, score in points if score >= best - tolerance)
+    # scores are fractions of a few hundred examples: a difference of exactly `tolerance` must count as within it
+    return next(step for step, score in points if score >= best - tolerance - 1e-9)
 
 
 def budget_of(points: list[tuple[int, float]], tolerance: float) -> tuple[int, bool]:

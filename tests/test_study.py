@@ -69,6 +69,7 @@ def test_selection_takes_the_best_holdout_factor_and_the_first_step_of_its_plate
     assert (chosen.lr_factor, chosen.lr, chosen.budget) == (1, 1e-3, 200)
     assert chosen.holdout_scores == {0.1: 0.61, 1: 0.80, 10: 0.5}
     assert budget_step([(100, 0.5), (200, 0.9), (300, 0.6)], 0.0) == 200
+    assert budget_step([(100, 60 / 500), (200, 65 / 500)], 0.01) == 100  # exactly one point (5 of 500) is within it
     assert select({**runs, 10: {**runs[10], "status": "failed"}}, "accuracy", 0.01) is None
     assert not chosen.at_horizon
     rising = select({1: record([0.70, 0.75, 0.79, 0.80])}, "accuracy", tolerance=0.01)
