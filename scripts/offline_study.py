@@ -3,6 +3,7 @@
     python scripts/offline_study.py plan                          # every cell: done, pending or waiting
     python scripts/offline_study.py run --data-dir ../shared/data # run what is pending (hours: in the background)
     python scripts/offline_study.py run --task glue/sst2 --method full_ft --max-cells 2 --data-dir ../shared/data
+    python scripts/offline_study.py run --task glue/sst2 --variant init_vocab init_embedding_scale --seed 1
 
 Each cell is `python run.py experiment=offline_study task=... method=... lr_factor=... seed=...` in its own run
 directory under results/offline_study/runs/: a relaunch skips completed cells (skip_completed) and resumes an
@@ -41,7 +42,7 @@ def protocol(overrides: list[str] | None = None) -> dict:
 
 def wanted(cell: Cell, args: argparse.Namespace) -> bool:
     return ((not args.task or cell.task in args.task) and (not args.method or cell.method in args.method)
-            and (not args.seed or cell.seed in args.seed))
+            and (not args.seed or cell.seed in args.seed) and (not args.variant or cell.variant in args.variant))
 
 
 def show_plan(study: dict, runs: Path, args: argparse.Namespace) -> None:
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", nargs="+", help="only these tasks (e.g. glue/sst2)")
     parser.add_argument("--method", nargs="+", help="only these methods")
     parser.add_argument("--seed", nargs="+", type=int, help="only these seeds")
+    parser.add_argument("--variant", nargs="+", help="only these variants: paper, or configs/ablation/ names")
     parser.add_argument("--max-cells", type=int, help="stop after this many cells")
     args = parser.parse_args(argv)
     # The protocol may be narrowed (a smoke test) with study.* overrides among the extra arguments; they go to the

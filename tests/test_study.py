@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -168,6 +169,22 @@ def test_cell_names_are_the_experiments_run_names():
     cell = Cell("glue/sst2", "lopa", "init_vocab", 0.1, 2)
     assert cell.run_name == "lopa-init_vocab-sst2-lrx0.1-s2"
     assert cell.overrides() == ["task=glue/sst2", "method=lopa", "lr_factor=0.1", "seed=2", "+ablation=init_vocab"]
+
+
+def test_the_driver_runs_a_part_of_the_study_named_by_task_method_seed_and_variant():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("offline_study_driver", REPO / "scripts" / "offline_study.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    parse = lambda *given: argparse.Namespace(**{**dict.fromkeys(('task', 'method', 'seed', 'variant')), **dict(given)})  # noqa: E731
+    ablation = Cell("glue/sst2", "lopa", "init_vocab", 1, 1)
+    paper = Cell("glue/sst2", "lopa", "paper", 1, 1)
+    assert driver.wanted(ablation, parse()) and driver.wanted(paper, parse())
+    only_ablation = parse(("variant", ["init_vocab", "init_embedding_scale"]), ("seed", [1]))
+    assert driver.wanted(ablation, only_ablation) and not driver.wanted(paper, only_ablation)
+    assert not driver.wanted(ablation, parse(("method", ["prompt_tuning"])))
+    assert not driver.wanted(paper, parse(("task", ["glue/rte"])))
 
 
 def test_one_cell_sweep_runs_records_the_study_and_a_relaunch_skips_it(tmp_path):
