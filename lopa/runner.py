@@ -142,14 +142,38 @@ def trained_config(cfg: DictConfig, model: TunedModel) -> dict:
 
 
 @torch.no_grad()
-def prompt_scale(model: TunedModel) -> dict:
-    """Mean row norm of the method's shared [m, d] prompt beside that of the FM's token embeddings: a prompt far
-    longer than the tokens it sits next to dominates a pre-norm decoder's residual stream (issue 12)."""
-    prompt = model.method.shared_prompt().detach().float()
+def prompt_scale(model: TunedModel, batch: dict | None) -> dict:
+    """Row norms of the prompt beside that of the FM's token embeddings: a prompt far longer than the tokens it sits
+    next to dominates a pre-norm decoder's residual stream (issue 12).
+
+    `prompt_row_norm` is the method's shared [m, d] table (PT's, LoPA's Z_S), where it has one; `input_prompt_row_norm`
+    is the prompt the FM is given, `method.prompt(batch)` in eval mode on one evaluation batch (LoPA's gated
+    Z_S ∘ σ(u vᵀ), S-IDPG's generated rows).
+    """
     tokens = model.kind.token_embeddings(model.fm).weight.detach().float()
-    return {"prompt_row_norm": round(prompt.norm(dim=-1).mean().item(), 4),
-            "token_embedding_row_norm": round(tokens.norm(dim=-1).mean().item(), 4),
-            "token_embedding_std": round(tokens.std().item(), 5)}
+    scale = {"token_embedding_row_norm": round(tokens.norm(dim=-1).mean().item(), 4),
+             "token_embedding_std": round(tokens.std().item(), 5)}
+    shared = model.method.shared_prompt()
+    if shared is not None:
+        scale["prompt_row_norm"] = round(shared.detach().float().norm(dim=-1).mean().item(), 4)
+    if batch is not None:
+        was_training = model.training
+        model.eval()
+        prompt = model.method.prompt(batch)
+        model.train(was_training)
+        if prompt is not None:
+            scale["input_prompt_row_norm"] = round(prompt.detach().float().norm(dim=-1).mean().item(), 4)
+    return scale
+
+
+def scale_batch(loader, device: torch.device) -> dict | None:
+    """The first batch of an evaluation loader, on the device: the fixed inputs the prompt's scale is measured on.
+
+    None for batches without text (CLIP's images: their prompt goes into the class-name texts, beside no batch tokens).
+    """
+    batch = next(iter(loader), None) if loader is not None else None
+    return None if batch is None or "input_ids" not in batch else {key: value.to(device) if torch.is_tensor(value) else value
+                                       for key, value in batch.items()}
 
 
 def load_components(cfg: DictConfig, data_dir: str | None) -> tuple:
@@ -316,7 +340,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     keep_predictions = bool(cfg.eval.get("save_predictions", False))
     model.to(accelerator.device)
     model.method.prepare_examples(train_examples + eval_examples + holdout_examples, cfg.eval.batch_size)
-    scale = {"initial": prompt_scale(model)} if model.method.shared_prompt() is not None else None
+    has_prompt = model.method.shared_prompt() is not None or model.num_virtual_tokens > 0
+    measured_on = scale_batch(holdout_loader or eval_loader, accelerator.device) if has_prompt else None
+    scale = {"initial": prompt_scale(model, measured_on)} if has_prompt else None
 
     start_tracking(cfg, accelerator, run_dir)
     record = run_record(cfg, accelerator, task, started, parameters,
@@ -331,7 +357,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if repo_id and record["status"] == "completed" and accelerator.is_main_process:
         record["pushed_to"] = push_to_hub(weights_dir, repo_id, f"{cfg.run_name} (best {task.primary_metric})")
     if scale is not None:
-        record["prompt_scale"] = {**scale, "final": prompt_scale(accelerator.unwrap_model(model))}
+        record["prompt_scale"] = {**scale, "final": prompt_scale(accelerator.unwrap_model(model), measured_on)}
     record["wall_time_s"] = round(time.time() - started + record.get("earlier_wall_time_s", 0.0), 2)  # every process
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     if accelerator.is_main_process:

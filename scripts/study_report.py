@@ -314,18 +314,27 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
         out.append("")
     scales = [(r["method"], r["config"].get("variant"), r["prompt_scale"]) for r in done if r.get("prompt_scale")]
     if scales:
-        out += ["## Prompt scale", "", "Mean row norm of the shared prompt (PT's table, LoPA's Z_S) at the start and end "
-                "of training, beside the FM's token embeddings' (recorded by every run).", "",
-                "| method | variant | runs | initial prompt row norm | final | token embedding row norm |",
-                "|---|---|---|---|---|---|"]
+        out += ["## Prompt scale", "", "Mean row norm, at the start and end of training, of the shared prompt (PT's "
+                "table, LoPA's Z_S) and of the prompt the FM is given (on one holdout batch, eval mode: LoPA's "
+                "Z_S ∘ σ(u vᵀ), S-IDPG's generated rows), beside the FM's token embeddings'. Runs: the records that carry each "
+                "measurement (older records have no input prompt's).", "",
+                "| method | variant | runs | shared prompt, initial | final | runs | input prompt, initial | final "
+                "| token embedding row norm |", "|---|---|---|---|---|---|---|---|---|"]
         grouped = defaultdict(list)
         for method, variant, scale in scales:
             grouped[(method, variant)].append(scale)
+
+        def mean_norms(group: list[dict], key: str) -> list[str]:
+            having = [s for s in group if key in s["initial"]]
+            if not having:
+                return ["0", "–", "–"]
+            return [str(len(having)), f"{statistics.mean(s['initial'][key] for s in having):.2f}",
+                    f"{statistics.mean(s['final'][key] for s in having):.2f}"]
+
         for (method, variant), group in sorted(grouped.items()):
-            out.append(f"| {METHOD_LABELS.get(method, method)} | {variant} | {len(group)} | "
-                       f"{statistics.mean(s['initial']['prompt_row_norm'] for s in group):.2f} | "
-                       f"{statistics.mean(s['final']['prompt_row_norm'] for s in group):.2f} | "
-                       f"{group[0]['initial']['token_embedding_row_norm']:.2f} |")
+            cells = [METHOD_LABELS.get(method, method), variant, *mean_norms(group, "prompt_row_norm"),
+                     *mean_norms(group, "input_prompt_row_norm"), f"{group[0]['initial']['token_embedding_row_norm']:.2f}"]
+            out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out += ["## Missing cells", ""]
     out += [f"- {line}" for line in missing] or ["none"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
@@ -171,6 +172,26 @@ def test_cell_names_are_the_experiments_run_names():
     assert cell.overrides() == ["task=glue/sst2", "method=lopa", "lr_factor=0.1", "seed=2", "+ablation=init_vocab"]
 
 
+@pytest.mark.parametrize("method", ["lopa", "prompt_tuning", "idpg", "lora"])
+def test_the_prompt_scale_measures_the_prompt_the_fm_is_given(glue_data, method):
+    from lopa.runner import prompt_scale
+    from tests.helpers import batch_of, build
+
+    model, task, examples = build(glue_data, "model=tiny-llama", "encoder=tiny-bert", f"method={method}")
+    model.train()
+    scale = prompt_scale(model, batch_of(task, examples[:4]))
+    assert model.training  # measured in eval mode (no dropout), the mode given back
+    assert scale["token_embedding_row_norm"] > 0
+    if method == "lopa":  # heads start near zero, so the gate σ(u vᵀ) ≈ 1/2 halves Z_S
+        assert scale["input_prompt_row_norm"] == pytest.approx(scale["prompt_row_norm"] / 2, rel=0.02)
+    elif method == "prompt_tuning":
+        assert scale["input_prompt_row_norm"] == pytest.approx(scale["prompt_row_norm"], rel=1e-4)
+    elif method == "idpg":  # no shared table: only the generated rows
+        assert "prompt_row_norm" not in scale and scale["input_prompt_row_norm"] > 0
+    else:
+        assert "prompt_row_norm" not in scale and "input_prompt_row_norm" not in scale
+
+
 def test_the_driver_runs_a_part_of_the_study_named_by_task_method_seed_and_variant():
     import importlib.util
 
@@ -201,7 +222,9 @@ def test_one_cell_sweep_runs_records_the_study_and_a_relaunch_skips_it(tmp_path)
     evaluation = result["evaluations"][-1]
     assert evaluation["holdout"]["num_examples"] == 6 and len(evaluation["predictions"]) == 10
     assert result["eval_labels"] == [i % 2 for i in range(10)]
-    assert result["prompt_scale"]["initial"]["prompt_row_norm"] > 0
+    initial, final = result["prompt_scale"]["initial"], result["prompt_scale"]["final"]
+    assert initial["prompt_row_norm"] > 0 and initial["input_prompt_row_norm"] > 0
+    assert final["input_prompt_row_norm"] != initial["input_prompt_row_norm"]  # measured again after training
     assert result["config"]["trainer"]["lr"] == pytest.approx(result["config"]["method"]["lr"])
     mtime = (run_dir / "results.json").stat().st_mtime_ns
 
@@ -235,6 +258,7 @@ def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(
     markdown = (report / "offline_study.md").read_text()
     assert "| LoPA − PT | accuracy |" in markdown and "×1: " in markdown and "×10: " in markdown
     assert "## Missing cells\n\nnone" in markdown
+    assert re.search(r"\| LoPA \| paper \| 3 \| [\d.]+ \| [\d.]+ \| 3 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", markdown)
     table = pd.read_csv(report / "offline_study.csv")
     lopa = table[(table.kind == "score") & (table.method == "lopa")].iloc[0]
     assert lopa.n_seeds == 2 and lopa.seeds == "1 2" and lopa.budget_steps in (2, 4)
