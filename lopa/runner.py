@@ -13,6 +13,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
 from lopa.checkpointing import (
     Checkpointer,
@@ -142,27 +143,35 @@ def trained_config(cfg: DictConfig, model: TunedModel) -> dict:
 
 
 @torch.no_grad()
-def prompt_scale(model: TunedModel, batch: dict | None) -> dict:
-    """Row norms of the prompt beside that of the FM's token embeddings: a prompt far longer than the tokens it sits
-    next to dominates a pre-norm decoder's residual stream (issue 12).
-
-    `prompt_row_norm` is the method's shared [m, d] table (PT's, LoPA's Z_S), where it has one; `input_prompt_row_norm`
-    is the prompt the FM is given, `method.prompt(batch)` in eval mode on one evaluation batch (LoPA's gated
-    Z_S ∘ σ(u vᵀ), S-IDPG's generated rows).
-    """
-    tokens = model.kind.token_embeddings(model.fm).weight.detach().float()
-    scale = {"token_embedding_row_norm": round(tokens.norm(dim=-1).mean().item(), 4),
-             "token_embedding_std": round(tokens.std().item(), 5)}
+def prompt_tensors(model: TunedModel, batch: dict | None) -> dict[str, Tensor]:
+    """The method's shared [m, d] table (`prompt`: PT's, LoPA's Z_S), where it has one, and the prompt the FM is given
+    (`input_prompt`: `method.prompt(batch)` in eval mode on one evaluation batch, e.g. LoPA's gated Z_S ∘ σ(u vᵀ),
+    S-IDPG's generated rows), as detached fp32 copies."""
+    tensors = {}
     shared = model.method.shared_prompt()
     if shared is not None:
-        scale["prompt_row_norm"] = round(shared.detach().float().norm(dim=-1).mean().item(), 4)
+        tensors["prompt"] = shared.detach().float().clone()
     if batch is not None:
         was_training = model.training
         model.eval()
-        prompt = model.method.prompt(batch)
+        given = model.method.prompt(batch)
         model.train(was_training)
-        if prompt is not None:
-            scale["input_prompt_row_norm"] = round(prompt.detach().float().norm(dim=-1).mean().item(), 4)
+        if given is not None:
+            tensors["input_prompt"] = given.detach().float().clone()
+    return tensors
+
+
+def prompt_scale(model: TunedModel, tensors: dict[str, Tensor], initial: dict[str, Tensor] | None = None) -> dict:
+    """Mean row norms of `prompt_tensors` beside the FM's token embeddings' (a prompt far longer than the tokens it
+    sits next to dominates a pre-norm decoder's residual stream, issue 12) and, given the initial tensors, how far
+    each moved: ‖final − initial‖ / ‖initial‖ (a row norm can stay put while the rows turn)."""
+    tokens = model.kind.token_embeddings(model.fm).weight.detach().float()
+    scale = {"token_embedding_row_norm": round(tokens.norm(dim=-1).mean().item(), 4),
+             "token_embedding_std": round(tokens.std().item(), 5)}
+    for name, tensor in tensors.items():
+        scale[f"{name}_row_norm"] = round(tensor.norm(dim=-1).mean().item(), 4)
+        if initial is not None and name in initial:
+            scale[f"{name}_relative_change"] = round(((tensor - initial[name]).norm() / initial[name].norm()).item(), 5)
     return scale
 
 
@@ -342,7 +351,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     model.method.prepare_examples(train_examples + eval_examples + holdout_examples, cfg.eval.batch_size)
     has_prompt = model.method.shared_prompt() is not None or model.num_virtual_tokens > 0
     measured_on = scale_batch(holdout_loader or eval_loader, accelerator.device) if has_prompt else None
-    scale = {"initial": prompt_scale(model, measured_on)} if has_prompt else None
+    initial_prompts = prompt_tensors(model, measured_on) if has_prompt else None
 
     start_tracking(cfg, accelerator, run_dir)
     record = run_record(cfg, accelerator, task, started, parameters,
@@ -356,8 +365,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     repo_id = cfg.trainer.get("push_to_hub")
     if repo_id and record["status"] == "completed" and accelerator.is_main_process:
         record["pushed_to"] = push_to_hub(weights_dir, repo_id, f"{cfg.run_name} (best {task.primary_metric})")
-    if scale is not None:
-        record["prompt_scale"] = {**scale, "final": prompt_scale(accelerator.unwrap_model(model), measured_on)}
+    if initial_prompts is not None:
+        trained = accelerator.unwrap_model(model)
+        record["prompt_scale"] = {"initial": prompt_scale(trained, initial_prompts),
+                                  "final": prompt_scale(trained, prompt_tensors(trained, measured_on), initial_prompts)}
     record["wall_time_s"] = round(time.time() - started + record.get("earlier_wall_time_s", 0.0), 2)  # every process
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     if accelerator.is_main_process:

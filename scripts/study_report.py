@@ -316,24 +316,27 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
     if scales:
         out += ["## Prompt scale", "", "Mean row norm, at the start and end of training, of the shared prompt (PT's "
                 "table, LoPA's Z_S) and of the prompt the FM is given (on one holdout batch, eval mode: LoPA's "
-                "Z_S ∘ σ(u vᵀ), S-IDPG's generated rows), beside the FM's token embeddings'. Runs: the records that carry each "
-                "measurement (older records have no input prompt's).", "",
-                "| method | variant | runs | shared prompt, initial | final | runs | input prompt, initial | final "
-                "| token embedding row norm |", "|---|---|---|---|---|---|---|---|---|"]
+                "Z_S ∘ σ(u vᵀ), S-IDPG's generated rows), beside the FM's token embeddings'; moved: "
+                "‖final − initial‖ / ‖initial‖. Runs: the records that carry each measurement (older records have "
+                "no input prompt's, nor how far a prompt moved).", "",
+                "| method | variant | runs | shared prompt: initial | final | moved | runs | input prompt: initial "
+                "| final | moved | token embedding row norm |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         grouped = defaultdict(list)
         for method, variant, scale in scales:
             grouped[(method, variant)].append(scale)
 
-        def mean_norms(group: list[dict], key: str) -> list[str]:
-            having = [s for s in group if key in s["initial"]]
-            if not having:
-                return ["0", "–", "–"]
-            return [str(len(having)), f"{statistics.mean(s['initial'][key] for s in having):.2f}",
-                    f"{statistics.mean(s['final'][key] for s in having):.2f}"]
+        def mean_of(values: list[float]) -> str:
+            return f"{statistics.mean(values):.2f}" if values else "–"
+
+        def norms(group: list[dict], name: str) -> list[str]:
+            having = [s for s in group if f"{name}_row_norm" in s["initial"]]
+            moved = [s["final"][f"{name}_relative_change"] for s in having if f"{name}_relative_change" in s["final"]]
+            return [str(len(having)), mean_of([s["initial"][f"{name}_row_norm"] for s in having]),
+                    mean_of([s["final"][f"{name}_row_norm"] for s in having]), mean_of(moved)]
 
         for (method, variant), group in sorted(grouped.items()):
-            cells = [METHOD_LABELS.get(method, method), variant, *mean_norms(group, "prompt_row_norm"),
-                     *mean_norms(group, "input_prompt_row_norm"), f"{group[0]['initial']['token_embedding_row_norm']:.2f}"]
+            cells = [METHOD_LABELS.get(method, method), variant, *norms(group, "prompt"), *norms(group, "input_prompt"),
+                     f"{group[0]['initial']['token_embedding_row_norm']:.2f}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out += ["## Missing cells", ""]

@@ -173,14 +173,16 @@ def test_cell_names_are_the_experiments_run_names():
 
 
 @pytest.mark.parametrize("method", ["lopa", "prompt_tuning", "idpg", "lora"])
-def test_the_prompt_scale_measures_the_prompt_the_fm_is_given(glue_data, method):
-    from lopa.runner import prompt_scale
+def test_the_prompt_scale_measures_the_prompt_the_fm_is_given_and_how_far_it_moved(glue_data, method):
+    from lopa.runner import prompt_scale, prompt_tensors
     from tests.helpers import batch_of, build
 
     model, task, examples = build(glue_data, "model=tiny-llama", "encoder=tiny-bert", f"method={method}")
     model.train()
-    scale = prompt_scale(model, batch_of(task, examples[:4]))
+    batch = batch_of(task, examples[:4])
+    initial = prompt_tensors(model, batch)
     assert model.training  # measured in eval mode (no dropout), the mode given back
+    scale = prompt_scale(model, initial)
     assert scale["token_embedding_row_norm"] > 0
     if method == "lopa":  # heads start near zero, so the gate σ(u vᵀ) ≈ 1/2 halves Z_S
         assert scale["input_prompt_row_norm"] == pytest.approx(scale["prompt_row_norm"] / 2, rel=0.02)
@@ -189,7 +191,18 @@ def test_the_prompt_scale_measures_the_prompt_the_fm_is_given(glue_data, method)
     elif method == "idpg":  # no shared table: only the generated rows
         assert "prompt_row_norm" not in scale and scale["input_prompt_row_norm"] > 0
     else:
-        assert "prompt_row_norm" not in scale and "input_prompt_row_norm" not in scale
+        assert set(scale) == {"token_embedding_row_norm", "token_embedding_std"}
+        return
+    unmoved = prompt_scale(model, prompt_tensors(model, batch), initial)
+    assert all(unmoved[f"{name}_relative_change"] == 0 for name in initial)
+    with torch.no_grad():
+        for parameter in model.method.parameters():
+            if parameter.requires_grad:
+                parameter.mul_(2)  # every trained tensor doubled: the table moves by exactly its own norm
+    moved = prompt_scale(model, prompt_tensors(model, batch), initial)
+    assert all(moved[f"{name}_relative_change"] > 0.1 for name in initial)
+    if "prompt" in initial:
+        assert moved["prompt_relative_change"] == pytest.approx(1.0, rel=1e-5)
 
 
 def test_the_driver_runs_a_part_of_the_study_named_by_task_method_seed_and_variant():
@@ -225,6 +238,7 @@ def test_one_cell_sweep_runs_records_the_study_and_a_relaunch_skips_it(tmp_path)
     initial, final = result["prompt_scale"]["initial"], result["prompt_scale"]["final"]
     assert initial["prompt_row_norm"] > 0 and initial["input_prompt_row_norm"] > 0
     assert final["input_prompt_row_norm"] != initial["input_prompt_row_norm"]  # measured again after training
+    assert final["prompt_relative_change"] > 0 and final["input_prompt_relative_change"] > 0
     assert result["config"]["trainer"]["lr"] == pytest.approx(result["config"]["method"]["lr"])
     mtime = (run_dir / "results.json").stat().st_mtime_ns
 
@@ -258,7 +272,8 @@ def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(
     markdown = (report / "offline_study.md").read_text()
     assert "| LoPA − PT | accuracy |" in markdown and "×1: " in markdown and "×10: " in markdown
     assert "## Missing cells\n\nnone" in markdown
-    assert re.search(r"\| LoPA \| paper \| 3 \| [\d.]+ \| [\d.]+ \| 3 \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", markdown)
+    number = r" [\d.]+ \|"
+    assert re.search(r"\| LoPA \| paper \| 3 \|" + 3 * number + r" 3 \|" + 4 * number, markdown)
     table = pd.read_csv(report / "offline_study.csv")
     lopa = table[(table.kind == "score") & (table.method == "lopa")].iloc[0]
     assert lopa.n_seeds == 2 and lopa.seeds == "1 2" and lopa.budget_steps in (2, 4)
