@@ -163,13 +163,18 @@ def prompt_tensors(model: TunedModel, batch: dict | None) -> dict[str, Tensor]:
 
 def prompt_scale(model: TunedModel, tensors: dict[str, Tensor], initial: dict[str, Tensor] | None = None) -> dict:
     """Mean row norms of `prompt_tensors` beside the FM's token embeddings' (a prompt far longer than the tokens it
-    sits next to dominates a pre-norm decoder's residual stream, issue 12) and, given the initial tensors, how far
-    each moved: ‖final − initial‖ / ‖initial‖ (a row norm can stay put while the rows turn)."""
+    sits next to dominates a pre-norm decoder's residual stream, issue 12), how much the input prompt varies across
+    the batch (`input_prompt_instance_spread`: mean ‖P_b − P̄‖ / ‖P̄‖, 0 for a static prompt) and, given the initial
+    tensors, how far each moved: ‖final − initial‖ / ‖initial‖ (a row norm can stay put while the rows turn)."""
     tokens = model.kind.token_embeddings(model.fm).weight.detach().float()
     scale = {"token_embedding_row_norm": round(tokens.norm(dim=-1).mean().item(), 4),
              "token_embedding_std": round(tokens.std().item(), 5)}
     for name, tensor in tensors.items():
         scale[f"{name}_row_norm"] = round(tensor.norm(dim=-1).mean().item(), 4)
+        if name == "input_prompt" and tensor.shape[0] > 1:  # how much the prompt depends on the input: 0 for PT
+            mean_prompt = tensor.mean(0, keepdim=True)
+            scale["input_prompt_instance_spread"] = round(
+                ((tensor - mean_prompt).norm(dim=(1, 2)).mean() / mean_prompt.norm()).item(), 5)
         if initial is not None and name in initial:
             scale[f"{name}_relative_change"] = round(((tensor - initial[name]).norm() / initial[name].norm()).item(), 5)
     return scale

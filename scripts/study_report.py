@@ -317,10 +317,12 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
         out += ["## Prompt scale", "", "Mean row norm, at the start and end of training, of the shared prompt (PT's "
                 "table, LoPA's Z_S) and of the prompt the FM is given (on one holdout batch, eval mode: LoPA's "
                 "Z_S ∘ σ(u vᵀ), S-IDPG's generated rows), beside the FM's token embeddings'; moved: "
-                "‖final − initial‖ / ‖initial‖. Runs: the records that carry each measurement (older records have "
-                "no input prompt's, nor how far a prompt moved).", "",
+                "‖final − initial‖ / ‖initial‖; spread: how much the input prompt differs between inputs, mean "
+                "‖P_b − P̄‖ / ‖P̄‖ over the batch (0 for a static prompt). Runs: the records that carry each "
+                "measurement (older records have no input prompt's, nor how far a prompt moved).", "",
                 "| method | variant | runs | shared prompt: initial | final | moved | runs | input prompt: initial "
-                "| final | moved | token embedding row norm |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| final | moved | spread: initial | final | token embedding row norm |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         grouped = defaultdict(list)
         for method, variant, scale in scales:
             grouped[(method, variant)].append(scale)
@@ -335,8 +337,10 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
                     mean_of([s["final"][f"{name}_row_norm"] for s in having]), mean_of(moved)]
 
         for (method, variant), group in sorted(grouped.items()):
+            spread = [mean_of([s[when]["input_prompt_instance_spread"] for s in group
+                               if "input_prompt_instance_spread" in s[when]]) for when in ("initial", "final")]
             cells = [METHOD_LABELS.get(method, method), variant, *norms(group, "prompt"), *norms(group, "input_prompt"),
-                     f"{group[0]['initial']['token_embedding_row_norm']:.2f}"]
+                     *spread, f"{group[0]['initial']['token_embedding_row_norm']:.2f}"]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     out += ["## Missing cells", ""]

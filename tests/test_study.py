@@ -186,10 +186,13 @@ def test_the_prompt_scale_measures_the_prompt_the_fm_is_given_and_how_far_it_mov
     assert scale["token_embedding_row_norm"] > 0
     if method == "lopa":  # heads start near zero, so the gate σ(u vᵀ) ≈ 1/2 halves Z_S
         assert scale["input_prompt_row_norm"] == pytest.approx(scale["prompt_row_norm"] / 2, rel=0.02)
+        assert 0 < scale["input_prompt_instance_spread"] < 0.05  # the near-zero heads barely tell inputs apart
     elif method == "prompt_tuning":
         assert scale["input_prompt_row_norm"] == pytest.approx(scale["prompt_row_norm"], rel=1e-4)
+        assert scale["input_prompt_instance_spread"] == 0  # one table for every input
     elif method == "idpg":  # no shared table: only the generated rows
         assert "prompt_row_norm" not in scale and scale["input_prompt_row_norm"] > 0
+        assert scale["input_prompt_instance_spread"] > 0
     else:
         assert set(scale) == {"token_embedding_row_norm", "token_embedding_std"}
         return
@@ -239,6 +242,7 @@ def test_one_cell_sweep_runs_records_the_study_and_a_relaunch_skips_it(tmp_path)
     assert initial["prompt_row_norm"] > 0 and initial["input_prompt_row_norm"] > 0
     assert final["input_prompt_row_norm"] != initial["input_prompt_row_norm"]  # measured again after training
     assert final["prompt_relative_change"] > 0 and final["input_prompt_relative_change"] > 0
+    assert final["input_prompt_instance_spread"] > 0
     assert result["config"]["trainer"]["lr"] == pytest.approx(result["config"]["method"]["lr"])
     mtime = (run_dir / "results.json").stat().st_mtime_ns
 
@@ -273,7 +277,7 @@ def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(
     assert "| LoPA − PT | accuracy |" in markdown and "×1: " in markdown and "×10: " in markdown
     assert "## Missing cells\n\nnone" in markdown
     number = r" [\d.]+ \|"
-    assert re.search(r"\| LoPA \| paper \| 3 \|" + 3 * number + r" 3 \|" + 4 * number, markdown)
+    assert re.search(r"\| LoPA \| paper \| 3 \|" + 3 * number + r" 3 \|" + 6 * number, markdown)
     table = pd.read_csv(report / "offline_study.csv")
     lopa = table[(table.kind == "score") & (table.method == "lopa")].iloc[0]
     assert lopa.n_seeds == 2 and lopa.seeds == "1 2" and lopa.budget_steps in (2, 4)
