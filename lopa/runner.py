@@ -186,8 +186,9 @@ def scale_batch(loader, device: torch.device) -> dict | None:
     None for batches without text (CLIP's images: their prompt goes into the class-name texts, beside no batch tokens).
     """
     batch = next(iter(loader), None) if loader is not None else None
-    return None if batch is None or "input_ids" not in batch else {key: value.to(device) if torch.is_tensor(value) else value
-                                       for key, value in batch.items()}
+    if batch is None or "input_ids" not in batch:
+        return None
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
 
 
 def load_components(cfg: DictConfig, data_dir: str | None) -> tuple:
@@ -354,7 +355,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     keep_predictions = bool(cfg.eval.get("save_predictions", False))
     model.to(accelerator.device)
     model.method.prepare_examples(train_examples + eval_examples + holdout_examples, cfg.eval.batch_size)
-    has_prompt = model.method.shared_prompt() is not None or model.num_virtual_tokens > 0
+    has_prompt = model.num_virtual_tokens > 0
     measured_on = scale_batch(holdout_loader or eval_loader, accelerator.device) if has_prompt else None
     initial_prompts = prompt_tensors(model, measured_on) if has_prompt else None
 

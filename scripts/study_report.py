@@ -327,18 +327,18 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
         for method, variant, scale in scales:
             grouped[(method, variant)].append(scale)
 
-        def mean_of(values: list[float]) -> str:
-            return f"{statistics.mean(values):.2f}" if values else "–"
+        def mean_of(values: list[float], digits: int = 2) -> str:
+            return f"{statistics.mean(values):.{digits}f}" if values else "–"
 
         def norms(group: list[dict], name: str) -> list[str]:
             having = [s for s in group if f"{name}_row_norm" in s["initial"]]
             moved = [s["final"][f"{name}_relative_change"] for s in having if f"{name}_relative_change" in s["final"]]
             return [str(len(having)), mean_of([s["initial"][f"{name}_row_norm"] for s in having]),
-                    mean_of([s["final"][f"{name}_row_norm"] for s in having]), mean_of(moved)]
+                    mean_of([s["final"][f"{name}_row_norm"] for s in having]), mean_of(moved, 3)]
 
         for (method, variant), group in sorted(grouped.items()):
             spread = [mean_of([s[when]["input_prompt_instance_spread"] for s in group
-                               if "input_prompt_instance_spread" in s[when]]) for when in ("initial", "final")]
+                               if "input_prompt_instance_spread" in s[when]], 3) for when in ("initial", "final")]
             cells = [METHOD_LABELS.get(method, method), variant, *norms(group, "prompt"), *norms(group, "input_prompt"),
                      *spread, f"{group[0]['initial']['token_embedding_row_norm']:.2f}"]
             out.append("| " + " | ".join(cells) + " |")
