@@ -85,7 +85,8 @@ RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "
 
 # Keys added to the configs after records were made, each with the value that reproduces what runs did before it
 # existed: a record without the key matches a relaunch that has this value (and no other).
-KEYS_ADDED_LATER = {"preset": "none", "trainer.allow_schedule_change": False, "eval.holdout_min_words": None}
+KEYS_ADDED_LATER = {"preset": "none", "trainer.allow_schedule_change": False, "eval.holdout_min_words": None,
+                    "method.shared_prompt_lr_scale": 1}
 
 
 def flat_items(node, prefix: str = "") -> dict:
@@ -112,7 +113,8 @@ def completed_record(run_dir: Path, config: dict) -> dict | None:
     if record.get("status") != "completed":
         return None
     old, new = flat_items(record.get("config") or {}), flat_items(config)
-    old = {**{key: value for key, value in KEYS_ADDED_LATER.items() if key not in old}, **old}
+    # only where the relaunch has the key: a method-specific key is absent from other methods' configs
+    old = {**{key: value for key, value in KEYS_ADDED_LATER.items() if key not in old and key in new}, **old}
     differing = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key)
                        and not key.startswith(RELAUNCH_INDEPENDENT_KEYS))
     if differing:

@@ -289,6 +289,7 @@ RULES: dict[str, Rule] = {
     "method.frozen_init": Choice(PROMPT_INITS, nullable=True),
     "method.combine": Choice(COMBINES),
     "method.head_bias_init": Choice(HEAD_BIAS_INITS),
+    "method.shared_prompt_lr_scale": POSITIVE_NUMBER,
     "method.activation": Choice(ACTIVATIONS),
     "method.phm": BOOLEAN,
     "method.phm_n": POSITIVE_INT,

@@ -229,6 +229,8 @@ BAD_VALUES = [
      "task.execution.isolation='docker' is not allowed (allowed: one of bwrap, none)"),
     (["task.causal_template='{sentence1} {premise}'"], "task.causal_template='{sentence1} {premise}' is not allowed "
      "(allowed: a text naming in {braces} only the fields task.text_fields declares: sentence1, sentence2)"),
+    (["method=lopa", "method.shared_prompt_lr_scale=0"],
+     "method.shared_prompt_lr_scale=0 is not allowed (allowed: a finite number > 0)"),
     (["trainer.scheduler=cosine"],
      "trainer.scheduler='cosine' is not allowed (allowed: one of constant_with_warmup, linear, constant)"),
 ]

@@ -66,3 +66,24 @@ def test_prompt_inits(glue_data):
     vocab = model.fm.get_input_embeddings().weight
     ids = model.method.prompt_table @ vocab.T
     assert ids.shape == (10, vocab.shape[0])
+
+
+@pytest.mark.parametrize("scale", [1, 10])
+def test_lopa_shared_prompt_lr_scale_sets_z_s_rate_beside_the_heads(glue_data, scale):
+    model, task, examples = build(glue_data, "model=tiny-llama", "method=lopa", "encoder=tiny-bert",
+                                  f"method.shared_prompt_lr_scale={scale}")
+    groups = model.method.param_groups(1e-3, 0.0)
+    trainable = [p for p in model.method.parameters() if p.requires_grad]
+    grouped = [p for group in groups for p in group["params"]]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    assert groups[0]["lr"] == 1e-3  # the heads (the logged rate) keep the trainer's
+    z_s = model.method.shared_prompt()
+    rate = {id(p): group["lr"] for group in groups for p in group["params"]}
+    assert rate[id(z_s)] == pytest.approx(1e-3 * scale) and len(groups) == (1 if scale == 1 else 2)
+    before = z_s.detach().clone()
+    optimizer = torch.optim.AdamW(groups)
+    model.train()
+    scored_loss(model, batch_of(task, examples[:4])).backward()
+    optimizer.step()
+    # Adam's first step moves every element with a gradient by about its rate
+    assert (z_s.detach() - before).abs().max().item() == pytest.approx(1e-3 * scale, rel=0.05)

@@ -297,5 +297,17 @@ def test_a_record_older_than_a_key_matches_the_value_that_reproduces_it(tmp_path
         completed_record(tmp_path, {**config, "preset": "official_nlu"})
     with pytest.raises(ForeignRecordError, match="trainer.lr"):
         completed_record(tmp_path, {**config, "trainer": {"lr": 1e-2, "allow_schedule_change": False}})
+    # a method-specific key added later: records without it match relaunches of that method at its old value, and
+    # relaunches of methods that do not have the key at all
+    lopa = {**config, "method": {"name": "lopa"}}
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": lopa}))
+    assert completed_record(tmp_path, lopa) is not None
+    assert completed_record(tmp_path, {**lopa, "method": {"name": "lopa", "shared_prompt_lr_scale": 1}}) is not None
+    with pytest.raises(ForeignRecordError, match="method.shared_prompt_lr_scale 1 -> 10"):
+        completed_record(tmp_path, {**lopa, "method": {"name": "lopa", "shared_prompt_lr_scale": 10}})
+    prompt_tuning = {**config, "method": {"name": "prompt_tuning"}}
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": prompt_tuning}))
+    assert completed_record(tmp_path, prompt_tuning) is not None
+    (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": older}))
     # the study block plans and reports cells; no run reads it, so a protocol grown since keeps the records valid
     assert completed_record(tmp_path, {**config, "study": {"long_horizon": "long_horizon"}}) is not None

@@ -94,6 +94,16 @@ class LoPA(InstanceDependentMethod):
     def shared_prompt(self) -> Tensor:
         return self.generator.shared_prompt
 
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """One rate for everything (the paper), or Z_S at `shared_prompt_lr_scale` × the heads' rate: with Adam a
+        step moves each element by about the rate, small beside N(0, 1)'s entries (issue 12's ablation)."""
+        scale = float(self.cfg.get("shared_prompt_lr_scale", 1))
+        if scale == 1:
+            return super().param_groups(lr, weight_decay)
+        heads = [p for p in self.parameters() if p.requires_grad and p is not self.generator.shared_prompt]
+        return [{"params": heads, "lr": lr, "weight_decay": weight_decay},  # first: the logged rate is the trainer's
+                {"params": [self.generator.shared_prompt], "lr": lr * scale, "weight_decay": weight_decay}]
+
     @property
     def num_virtual_tokens(self) -> int:
         return self.generator.prompt_length * (2 if self.generator.combine == "concat" else 1)
