@@ -69,13 +69,17 @@ class Row:
         name = METHOD_LABELS.get(self.method, self.method)
         return name if self.variant == PAPER else f"{name} ({self.variant.replace('_', ' ')})"
 
-    def scores(self, metric: str) -> list[float]:
-        values = []
+    def seed_scores(self, metric: str) -> dict[int, float]:
+        """seed -> validation score (%) at the budget step, for the seeds that reached it."""
+        values = {}
         for record in self.records:
             evaluation = next((e for e in record["evaluations"] if e["step"] == self.budget), None)
             if evaluation is not None and metric in evaluation:
-                values.append(100 * evaluation[metric])
+                values[record["seed"]] = 100 * evaluation[metric]
         return values
+
+    def scores(self, metric: str) -> list[float]:
+        return list(self.seed_scores(metric).values())
 
     def steps(self) -> list[int]:
         return [self.budget] * len(self.records)
@@ -184,23 +188,34 @@ def score_interval(row: Row, metric: str, samples: int) -> tuple[float, float] |
     return 100 * low, 100 * high
 
 
+def compare(task: str, a: Row | None, b: Row | None, metric: str, samples: int) -> dict:
+    """Paired bootstrap of row a − row b on `metric`, over the seeds both have (no numbers where none)."""
+    result = {"task": task, "metric": metric}
+    if a and b and a.records and b.records and a.budget is not None and b.budget is not None:
+        seeds = sorted({r["seed"] for r in a.records} & {r["seed"] for r in b.records})
+        a_runs = [r for r in a.records if r["seed"] in seeds]
+        b_runs = [r for r in b.records if r["seed"] in seeds]
+        if seeds:
+            result.update(paired_bootstrap(a_runs, [a.budget] * len(seeds), b_runs, [b.budget] * len(seeds), metric,
+                                           samples))
+    return result
+
+
 def comparisons(rows: list[Row], study: dict) -> list[dict]:
-    """Paired bootstrap of the study's method differences, per task and metric, over the seeds both have."""
-    by_key = {(r.task, r.method): r for r in rows if r.variant == PAPER}
+    """Paired bootstrap intervals, per task and metric: the study's method differences, then each ablation against
+    the method row it changes (over the seeds both have: a one-seed ablation is paired with that seed only)."""
+    by_key = {(r.task, r.method, r.variant): r for r in rows}
+    pairs = [((a, PAPER), (b, PAPER)) for a, b in study["comparisons"]]
+    pairs += [((method, variant), (method, PAPER))
+              for method, variants in (study.get("ablations") or {}).items() for variant in variants]
     results = []
     for task in study["tasks"]:
-        for a_name, b_name in study["comparisons"]:
-            a, b = by_key.get((task, a_name)), by_key.get((task, b_name))
+        for (a_method, a_variant), (b_method, b_variant) in pairs:
+            a, b = by_key.get((task, a_method, a_variant)), by_key.get((task, b_method, b_variant))
             for metric in metrics_of(task):
-                result = {"task": task, "a": a_name, "b": b_name, "metric": metric}
-                if a and b and a.records and b.records and a.budget is not None and b.budget is not None:
-                    seeds = sorted({r["seed"] for r in a.records} & {r["seed"] for r in b.records})
-                    a_runs = [r for r in a.records if r["seed"] in seeds]
-                    b_runs = [r for r in b.records if r["seed"] in seeds]
-                    if seeds:
-                        result.update(paired_bootstrap(a_runs, [a.budget] * len(seeds), b_runs,
-                                                       [b.budget] * len(seeds), metric, study["bootstrap_samples"]))
-                results.append(result)
+                results.append({**compare(task, a, b, metric, study["bootstrap_samples"]),
+                                "a": Row(task, a_method, a_variant).label, "b": Row(task, b_method, b_variant).label,
+                                "a_method": a_method, "a_variant": a_variant, "b_method": b_method})
     return results
 
 
@@ -229,13 +244,16 @@ def frame(rows: list[Row], comps: list[dict]) -> pd.DataFrame:
             mean, std = mean_std(values)
             lines.append({"kind": "score", "task": row.task.split("/")[-1], "method": row.method, "variant": row.variant,
                           "metric": metric, "mean": mean, "std": std, "n_seeds": len(values),
-                          "seeds": " ".join(str(r["seed"]) for r in row.records), "lr": row.lr,
+                          "seeds": " ".join(str(r["seed"]) for r in row.records),
+                          "per_seed": " ".join(f"{value:.4f}" for value in row.seed_scores(metric).values()),
+                          "lr": row.lr,
                           "lr_factor": row.lr_factor, "lr_grid": format_grid(row), "lr_rule": row.how,
                           "budget_steps": row.budget, "budget_at_horizon": row.at_horizon,
                           "trainable_params": row.params})
     for comp in comps:
-        lines.append({"kind": "difference", "task": comp["task"].split("/")[-1], "method": f"{comp['a']}-{comp['b']}",
-                      "variant": PAPER, "metric": comp["metric"],
+        lines.append({"kind": "difference", "task": comp["task"].split("/")[-1],
+                      "method": f"{comp['a_method']}-{comp['b_method']}", "variant": comp["a_variant"],
+                      "metric": comp["metric"],
                       "mean": 100 * comp["diff"] if "diff" in comp else None,
                       "ci_low": 100 * comp["low"] if "low" in comp else None,
                       "ci_high": 100 * comp["high"] if "high" in comp else None, "n_seeds": comp.get("seeds", 0)})
@@ -292,25 +310,32 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
                     None: "full FT not yet run"}[verdict]
             out += [f"Majority class: {majority:.2f} %; {note}.", ""]
         metrics = metrics_of(task)
-        head = ["method", "params", "LR rule", "LR grid (holdout best, %)", "LR", "budget (steps)", "seeds",
-                *[f"{m} (val., %)" for m in metrics], f"95 % CI of {metrics[0]}"]
+        # per seed: a one-seed ablation is read against the same seed of the row it changes
+        head = ["method", "params", "LR rule", "LR grid (holdout best, %)", "LR", "budget (steps)",
+                f"seed: {metrics[0]} (val., %)", *[f"{m} (val., %)" for m in metrics], f"95 % CI of {metrics[0]}"]
         out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in (r for r in rows if r.task == task):
             interval = score_interval(row, metrics[0], study["bootstrap_samples"])
             out.append("| " + " | ".join([
                 row.label, f"{row.params:,}" if row.params is not None else "–", row.how, format_grid(row),
                 f"{row.lr:g}" if row.lr else "–", format_budget(row),
-                " ".join(str(r["seed"]) for r in row.records) or "–",
+                ", ".join(f"{seed}: {value:.1f}" for seed, value in row.seed_scores(metrics[0]).items()) or "–",
                 *[format_score(row.scores(m)) for m in metrics],
                 f"[{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "–"]) + " |")
         out += ["", "| difference | metric | mean (points) | 95 % CI | seeds | examples |", "|---|---|---|---|---|---|"]
         for comp in (c for c in comps if c["task"] == task):
-            label = f"{METHOD_LABELS.get(comp['a'])} − {METHOD_LABELS.get(comp['b'])}"
+            label = f"{comp['a']} − {comp['b']}"
             if "diff" in comp:
                 out.append(f"| {label} | {comp['metric']} | {100 * comp['diff']:+.2f} | "
                            f"[{100 * comp['low']:+.2f}, {100 * comp['high']:+.2f}] | {comp['seeds']} | {comp['examples']} |")
             else:
                 out.append(f"| {label} | {comp['metric']} | – | – | 0 | – |")
+        if any(c.get("seeds") == 1 for c in comps if c["task"] == task):
+            spread = [std for row in rows if row.task == task and row.variant == PAPER
+                      for std in [mean_std(row.scores(metrics[0]))[1]] if std is not None]
+            out += ["", "A one-seed difference's interval resamples examples only, not seeds"
+                    + (f" (the method rows' seed-to-seed std of {metrics[0]}: {min(spread):.1f} to {max(spread):.1f} "
+                       "points)" if spread else "") + ": a lead for more seeds, not a finding."]
         out.append("")
     scales = [(r["method"], r["config"].get("variant"), r["prompt_scale"]) for r in done if r.get("prompt_scale")]
     if scales:
@@ -399,12 +424,19 @@ def plot_params(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         metric = metrics_of(task)[0]
-        for row in (r for r in rows if r.task == task and r.records and r.budget is not None):
+        shown = [r for r in rows if r.task == task and r.records and r.budget is not None and r.scores(metric)]
+        variants_seen: dict[str, int] = {}
+        for index, row in enumerate(shown):
             mean = statistics.mean(row.scores(metric))
             interval = score_interval(row, metric, study["bootstrap_samples"])
-            x = max(row.params or 0, 1)
+            # an ablation shares its method's parameter count: hollow, and nudged right so the bars do not overlap
+            nudge = variants_seen.get(row.method, 0) if row.variant != PAPER else 0
+            variants_seen[row.method] = nudge + (row.variant != PAPER)
+            x = max(row.params or 0, 1) * 1.35 ** (nudge + (row.variant != PAPER))
+            color = plt.cm.tab20(index % 20)
             ax.errorbar([x], [mean], yerr=[[mean - interval[0]], [interval[1] - mean]] if interval else None,
-                        marker=MARKERS.get(row.method, "o"), capsize=3, linestyle="none", label=row.label)
+                        marker=MARKERS.get(row.method, "o"), capsize=3, linestyle="none", label=row.label,
+                        color=color, markerfacecolor="none" if row.variant != PAPER else color)
         ax.set_xscale("log")
         style_panel(ax, task, "trainable parameters (zero-shot at 1)", f"validation {metric} (%)")
     return finish(fig, axes, "Offline study: score at the step budget against trainable parameters (95 % bootstrap CI)",
@@ -420,12 +452,17 @@ def protocol_of(record: dict) -> dict:
     return {**current, **record["config"]["study"]}
 
 
+def newest_protocol(records: dict) -> dict:
+    """The protocol of the newest record: ablations added to the study after the older records ran are rows too."""
+    carriers = [r for r in records.values() if r.get("config", {}).get("study")]
+    if not carriers:
+        raise ValueError("no record carries the study protocol (config.study)")
+    return protocol_of(max(carriers, key=lambda r: r.get("started_at") or ""))
+
+
 def write_report(records: dict, out_dir: Path, command: str, figures: bool = True) -> list[Path]:
     """Table, CSV, LaTeX and figures of the study in `out_dir`; returns the written paths."""
-    first = next((r for r in records.values() if r.get("config", {}).get("study")), None)
-    if first is None:
-        raise ValueError("no record carries the study protocol (config.study)")
-    study = protocol_of(first)
+    study = newest_protocol(records)
     rows = build_rows(records, study)
     comps = comparisons(rows, study)
     missing = []

@@ -131,6 +131,21 @@ def test_a_selection_ablation_reruns_the_grid_on_its_task_and_selects_on_its_own
     assert Cell("glue/sst2", "prompt_tuning", "holdout_sentences", 1, 1).overrides()[-1] == "+ablation=holdout_sentences"
 
 
+def test_the_report_follows_the_newest_records_protocol_so_a_later_ablation_gets_its_row():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from study_report import newest_protocol
+
+    older = {"started_at": "2026-12-01T10:00:00+00:00", "config": {"study": {"ablations": {"lopa": ["init_vocab"]}}}}
+    newer = {"started_at": "2026-12-04T09:00:00+00:00",
+             "config": {"study": {"ablations": {"lopa": ["init_vocab", "shared_prompt_lr_x10"]}}}}
+    for records in ({"a": older, "b": newer}, {"a": newer, "b": older}):
+        protocol = newest_protocol(records)
+        assert protocol["ablations"]["lopa"] == ["init_vocab", "shared_prompt_lr_x10"]
+        assert protocol["seeds"] == [1, 2, 3]  # a key neither record carries: the experiment config's value
+    with pytest.raises(ValueError, match="config.study"):
+        newest_protocol({"a": {"config": {}}})
+
+
 def test_the_reported_wall_time_says_when_a_resumed_record_counts_only_its_last_process():
     sys.path.insert(0, str(REPO / "scripts"))
     from study_report import wall_time
@@ -164,6 +179,26 @@ def test_scores_match_sklearn_and_the_paired_bootstrap_brackets_the_difference()
     better = paired_bootstrap(runs(0.9, 3), [5] * 3, runs(0.6, 3), [5] * 3, "accuracy", samples=300)
     assert 0 < better["low"] < better["diff"] < better["high"] and better["diff"] == pytest.approx(0.3, abs=0.06)
     assert (better["seeds"], better["examples"]) == (3, 400)
+
+
+def test_an_ablation_is_compared_with_the_row_it_changes_on_the_seeds_both_have():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from study_report import Row, comparisons
+
+    labels = [0, 1] * 50
+
+    def run(seed: int, right: int) -> dict:  # the first `right` of 100 examples correct
+        predictions = [label if i < right else 1 - label for i, label in enumerate(labels)]
+        return {"seed": seed, "eval_labels": labels, "evaluations": [{"step": 5, "predictions": predictions}]}
+
+    paper = Row("glue/sst2", "lopa", "paper", budget=5, records=[run(1, 70), run(2, 90), run(3, 80)])
+    ablated = Row("glue/sst2", "lopa", "init_vocab", budget=5, records=[run(1, 75)])
+    protocol = {"tasks": ["glue/sst2"], "comparisons": [["lopa", "prompt_tuning"]],
+                "ablations": {"lopa": ["init_vocab"]}, "bootstrap_samples": 200}
+    method_diff, ablation_diff = comparisons([paper, ablated], protocol)
+    assert (method_diff["a"], method_diff["b"]) == ("LoPA", "PT") and "diff" not in method_diff  # PT not run yet
+    assert (ablation_diff["a"], ablation_diff["b"], ablation_diff["seeds"]) == ("LoPA (init vocab)", "LoPA", 1)
+    assert ablation_diff["diff"] == pytest.approx(0.05)  # against seed 1's 70 %, not the 3-seed mean of 80 %
 
 
 def test_cell_names_are_the_experiments_run_names():
@@ -281,6 +316,9 @@ def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(
     table = pd.read_csv(report / "offline_study.csv")
     lopa = table[(table.kind == "score") & (table.method == "lopa")].iloc[0]
     assert lopa.n_seeds == 2 and lopa.seeds == "1 2" and lopa.budget_steps in (2, 4)
+    per_seed = [float(value) for value in str(lopa.per_seed).split()]
+    assert len(per_seed) == 2 and abs(sum(per_seed) / 2 - lopa["mean"]) < 1e-3
+    assert re.search(r"\| LoPA \| [\d,]+ \| selected on the holdout \|.*\| 1: [\d.]+, 2: [\d.]+ \|", markdown)
     for name in ("offline_study.tex", "offline_study_curves.png", "offline_study_params.png"):
         assert (report / name).stat().st_size > 0
 
