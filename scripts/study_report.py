@@ -256,7 +256,10 @@ def frame(rows: list[Row], comps: list[dict]) -> pd.DataFrame:
                       "metric": comp["metric"],
                       "mean": 100 * comp["diff"] if "diff" in comp else None,
                       "ci_low": 100 * comp["low"] if "low" in comp else None,
-                      "ci_high": 100 * comp["high"] if "high" in comp else None, "n_seeds": comp.get("seeds", 0)})
+                      "ci_high": 100 * comp["high"] if "high" in comp else None, "n_seeds": comp.get("seeds", 0),
+                      "seeds_ci_low": 100 * comp["seeds_low"] if comp.get("seeds", 0) > 1 else None,
+                      "seeds_ci_high": 100 * comp["seeds_high"] if comp.get("seeds", 0) > 1 else None,
+                      "per_seed": " ".join(f"{100 * d:.4f}" for d in comp.get("per_seed", []))})
     return pd.DataFrame(lines)
 
 
@@ -322,20 +325,26 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
                 ", ".join(f"{seed}: {value:.1f}" for seed, value in row.seed_scores(metrics[0]).items()) or "–",
                 *[format_score(row.scores(m)) for m in metrics],
                 f"[{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "–"]) + " |")
-        out += ["", "| difference | metric | mean (points) | 95 % CI | seeds | examples |", "|---|---|---|---|---|---|"]
+        out += ["", "| difference | metric | mean (points) | per seed | 95 % CI, examples resampled | "
+                "95 % CI, seeds and examples resampled | seeds | examples |", "|---|---|---|---|---|---|---|---|"]
         for comp in (c for c in comps if c["task"] == task):
             label = f"{comp['a']} − {comp['b']}"
             if "diff" in comp:
                 out.append(f"| {label} | {comp['metric']} | {100 * comp['diff']:+.2f} | "
-                           f"[{100 * comp['low']:+.2f}, {100 * comp['high']:+.2f}] | {comp['seeds']} | {comp['examples']} |")
+                           + " ".join(f"{100 * d:+.1f}" for d in comp["per_seed"]) + " | "
+                           f"[{100 * comp['low']:+.2f}, {100 * comp['high']:+.2f}] | "
+                           + (f"[{100 * comp['seeds_low']:+.2f}, {100 * comp['seeds_high']:+.2f}]"
+                              if comp["seeds"] > 1 else "– (one seed)") + f" | {comp['seeds']} | {comp['examples']} |")
             else:
-                out.append(f"| {label} | {comp['metric']} | – | – | 0 | – |")
-        if any(c.get("seeds") == 1 for c in comps if c["task"] == task):
+                out.append(f"| {label} | {comp['metric']} | – | – | – | – | 0 | – |")
+        if any("diff" in c for c in comps if c["task"] == task):
             spread = [std for row in rows if row.task == task and row.variant == PAPER
                       for std in [mean_std(row.scores(metrics[0]))[1]] if std is not None]
-            out += ["", "A one-seed difference's interval resamples examples only, not seeds"
-                    + (f" (the method rows' seed-to-seed std of {metrics[0]}: {min(spread):.1f} to {max(spread):.1f} "
-                       "points)" if spread else "") + ": a lead for more seeds, not a finding."]
+            out += ["", "The first interval holds the seeds fixed: how sure these seeds' mean difference is. The second "
+                    "also resamples the seed pairs, so a difference whose sign depends on the seed gets a wide interval "
+                    "(coarse with 3 seeds). A one-seed difference has only the first: it resamples examples, not "
+                    "seeds" + (f" (the method rows' seed-to-seed std of {metrics[0]}: {min(spread):.1f} to "
+                               f"{max(spread):.1f} points)" if spread else "") + ", a lead for more seeds, not a finding."]
         out.append("")
     scales = [(r["method"], r["config"].get("variant"), r["prompt_scale"]) for r in done if r.get("prompt_scale")]
     if scales:

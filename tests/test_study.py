@@ -179,6 +179,15 @@ def test_scores_match_sklearn_and_the_paired_bootstrap_brackets_the_difference()
     better = paired_bootstrap(runs(0.9, 3), [5] * 3, runs(0.6, 3), [5] * 3, "accuracy", samples=300)
     assert 0 < better["low"] < better["diff"] < better["high"] and better["diff"] == pytest.approx(0.3, abs=0.06)
     assert (better["seeds"], better["examples"]) == (3, 400)
+    assert better["seeds_low"] <= better["low"] and better["seeds_high"] >= better["high"] - 0.01
+
+    # seed 1 helps by 40 points, seeds 2-3 hurt by 5: fixed seeds see a sure +10, resampled seeds do not
+    flipping = paired_bootstrap(runs(0.9, 1) + runs(0.55, 2), [5] * 3, runs(0.5, 1) + runs(0.6, 2), [5] * 3,
+                                "accuracy", samples=500)
+    assert flipping["per_seed"][0] == pytest.approx(0.4, abs=0.06) and flipping["per_seed"][1] < 0
+    assert flipping["low"] > 0 and flipping["seeds_low"] < 0 < flipping["seeds_high"]
+    one = paired_bootstrap(runs(0.9, 1), [5], runs(0.6, 1), [5], "accuracy", samples=300)
+    assert (one["seeds_low"], one["seeds_high"]) == (one["low"], one["high"])
 
 
 def test_an_ablation_is_compared_with_the_row_it_changes_on_the_seeds_both_have():
