@@ -289,15 +289,19 @@ def test_one_cell_sweep_runs_records_the_study_and_a_relaunch_skips_it(tmp_path)
     assert final["input_prompt_instance_spread"] > 0
     assert result["config"]["trainer"]["lr"] == pytest.approx(result["config"]["method"]["lr"])
     mtime = (run_dir / "results.json").stat().st_mtime_ns
+    launch = (run_dir / ".hydra" / "overrides.yaml").read_text()  # Hydra's copy of the command that made the record
+    assert "trainer.max_steps=3" in launch
 
-    again = run(*command)
+    again = run(*command, "trainer.num_workers=1")  # a relaunch-independent key: still this cell
     assert again.returncode == 0, again.stderr[-3000:]
     assert "lopa-paper-sst2-lrx1-s1: skipped, already completed" in again.stdout
     assert (run_dir / "results.json").stat().st_mtime_ns == mtime
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == launch  # the skipped launch saved no copy over it
 
     changed = run(*command[:-2], "trainer.max_steps=4", "trainer.eval_every=4")
     assert changed.returncode == 1 and "completed run of another config (trainer.eval_every 3 -> 4" in changed.stderr
     assert (run_dir / "results.json").stat().st_mtime_ns == mtime
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == launch
 
 
 def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(tmp_path):
