@@ -107,11 +107,180 @@ class ExecutionResult:
     returncode: int | None = None
 
 
-def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed interpreter
-    """Runner inside the sandbox: limits, token, guard, then the program; its source is passed with -c."""
+def _child_install_guard(sandbox_dir: str) -> None:  # pragma: no cover - runs only inside the sandboxed interpreter
+    """The in-process second layer (module docstring): patched os/io/socket/signal functions, then the audit hook.
+    Runs inside the sandbox before the program; its source travels with _child_main's."""
     import _io
     import builtins
     import io
+    import os
+    import resource
+    import sys
+
+    base_exception = BaseException
+    sandbox_prefix = os.path.realpath(sandbox_dir) + os.sep
+    realpath, fspath = os.path.realpath, os.fspath
+    real_open, real_os_open, real_mkdir, real_file_io = _io.open, os.open, os.mkdir, _io.FileIO
+    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def refused(name: str):
+        def refuse(*args, **kwargs):
+            raise PermissionError(f"{name} is disabled inside the sandbox")
+
+        refuse.__name__ = name.rsplit(".", 1)[-1]
+        return refuse
+
+    def check_inside(path, what: str) -> None:
+        if isinstance(path, int):  # an already open descriptor: nothing new is reached
+            return
+        try:
+            resolved = realpath(fspath(path))
+        except base_exception:
+            resolved = ""
+        if not isinstance(resolved, str):
+            resolved = os.fsdecode(resolved)
+        if not (resolved + os.sep).startswith(sandbox_prefix):
+            raise PermissionError(f"{what} outside the sandbox directory is disabled: {path!r}")
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(flag in str(mode) for flag in "wax+"):
+            check_inside(file, "writing")
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
+        if flags & write_flags:
+            if dir_fd is not None:
+                raise PermissionError("writing through dir_fd is disabled inside the sandbox")
+            check_inside(path, "writing")
+        return real_os_open(path, flags, mode)
+
+    def guarded_mkdir(path, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None:
+            raise PermissionError("mkdir through dir_fd is disabled inside the sandbox")
+        check_inside(path, "creating directories")
+        return real_mkdir(path, mode)
+
+    def path_guarded(name: str, function, num_paths: int = 1):
+        """`function` confined to paths inside the sandbox directory (deleting there is harmless)."""
+
+        def guarded(*args, **kwargs):
+            if any(kwargs.get(key) is not None for key in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
+                raise PermissionError(f"os.{name} through dir_fd is disabled inside the sandbox")
+            for path in args[:num_paths]:
+                check_inside(path, f"os.{name}")
+            return function(*args, **kwargs)
+
+        guarded.__name__ = name
+        return guarded
+
+    class GuardedFileIO(real_file_io):
+        def __init__(self, file, mode="r", closefd=True, opener=None):
+            if any(flag in str(mode) for flag in "wax+"):
+                check_inside(file, "writing")
+            super().__init__(file, mode, closefd, opener)
+
+    import _posixsubprocess
+    import _signal
+    import _socket
+    import posix
+
+    class RefusedSocket(_socket.socket):
+        __slots__ = ()  # socket.socket subclasses this and adds its own __weakref__ slot
+
+        def __init__(self, *args, **kwargs):
+            raise PermissionError("network access is disabled inside the sandbox")
+
+    os_refused = (
+        "system popen fork forkpty kill killpg pidfd_open execv execve execl execle execlp execlpe execvp "
+        "execvpe _execvpe spawnv spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe posix_spawn "
+        "posix_spawnp link symlink chmod fchmod lchmod chown fchown lchown chroot mknod mkfifo setsid "
+        "setpgid setpgrp setuid setgid seteuid setegid setreuid setregid setresuid setresgid setgroups "
+        "initgroups setpriority sched_setscheduler setxattr removexattr"
+    ).split()
+    for name in os_refused:
+        for module in (os, posix):
+            if hasattr(module, name):
+                setattr(module, name, refused(f"os.{name}"))
+    path_functions = {
+        name: path_guarded(name, getattr(os, name), num_paths)
+        for name, num_paths in (
+            ("remove", 1),
+            ("unlink", 1),
+            ("rmdir", 1),
+            ("truncate", 1),
+            ("rename", 2),
+            ("replace", 2),
+        )
+    }
+    for module in (os, posix):
+        module.open, module.mkdir = guarded_os_open, guarded_mkdir
+        for name, function in path_functions.items():
+            setattr(module, name, function)
+    builtins.open = io.open = _io.open = guarded_open
+    io.FileIO = _io.FileIO = GuardedFileIO
+    _posixsubprocess.fork_exec = refused("subprocess")
+    _signal.pidfd_send_signal = refused("signal.pidfd_send_signal")
+    _socket.socket = _socket.SocketType = RefusedSocket
+    resource.setrlimit = refused("resource.setrlimit")
+    resource.prlimit = refused("resource.prlimit")
+    # A trace function may set frame.f_lineno and so jump over the asserts.
+    sys.settrace, sys.setprofile = refused("sys.settrace"), refused("sys.setprofile")
+    for name in ("ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"):
+        sys.modules[name] = None
+
+    # Second layer, part two: an audit hook (PEP 578; Python code cannot remove one) that refuses the ways
+    # plain Python reaches this runner's frame (and so the token) or arbitrary memory: frames, gc
+    # introspection, ctypes, hand-built bytecode, re-imports of the patched builtin modules, /proc.
+    frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"))
+    refused_events = frozenset(
+        "sys._current_frames sys._current_exceptions sys.settrace sys.setprofile gc.get_objects "
+        "gc.get_referrers gc.get_referents code.__new__ marshal.loads marshal.load "
+        "function.__new__ cpython.run_interactivehook".split()
+    )
+    refused_imports = frozenset(
+        "ctypes _ctypes _testcapi _testinternalcapi _testbuffer _testmultiphase _xxsubinterpreters "
+        "_xxinterpchannels posix _posixsubprocess _signal _socket _io resource _imp".split()
+    )
+    permission_error, value_error, str_type, getcwd = PermissionError, ValueError, str, os.getcwd
+
+    def audit(event, args):
+        if event == "sys._getframe":  # ValueError: namedtuple, typing, enum and logging fall back on it
+            raise value_error("frame introspection is disabled inside the sandbox")
+        if event in refused_events or event.startswith("ctypes."):
+            raise permission_error(f"{event} is disabled inside the sandbox")
+        if event == "object.__getattr__" and type(args[1]) is str_type and args[1] in frame_attributes:
+            raise permission_error(f"{args[1]} is disabled inside the sandbox")
+        if event == "import" and type(args[0]) is str_type and args[0].rpartition(".")[2] in refused_imports:
+            raise permission_error(f"importing {args[0]} again is disabled inside the sandbox")
+        if event in ("open", "os.chdir", "os.listdir", "os.scandir") and args:
+            path = args[0]
+            if type(path) is bytes:
+                path = path.decode(errors="replace")
+            if type(path) is str_type:  # no realpath: its helpers are Python the program could patch
+                path = path if path.startswith("/") else getcwd() + "/" + path
+                if "/proc" in path or ".." in path or path.startswith(("/dev/fd", "/dev/std")):
+                    raise permission_error(f"{event} of {path!r} is disabled inside the sandbox")
+
+    import _imp
+    import _signal
+    import signal
+
+    real_create_builtin = _imp.create_builtin
+
+    def guarded_create_builtin(spec):
+        if getattr(spec, "name", None) in refused_imports:
+            raise PermissionError("re-creating a patched builtin module is disabled inside the sandbox")
+        return real_create_builtin(spec)
+
+    _imp.create_builtin = guarded_create_builtin
+    # A signal handler receives the interrupted frame, whose f_back chain reaches this runner.
+    _signal.signal = signal.signal = refused("signal.signal")
+    sys.addaudithook(audit)
+
+
+def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed interpreter
+    """Runner inside the sandbox: limits, token, guard, then the program; its source is passed with -c."""
+    import builtins
     import os
     import resource
     import sys
@@ -154,164 +323,7 @@ def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed 
         exit_now(1)
 
     if guarded:  # False only in tests of the operating-system layer alone
-        sandbox_prefix = os.path.realpath(sandbox_dir) + os.sep
-        realpath, fspath = os.path.realpath, os.fspath
-        real_open, real_os_open, real_mkdir, real_file_io = _io.open, os.open, os.mkdir, _io.FileIO
-        write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-        def refused(name: str):
-            def refuse(*args, **kwargs):
-                raise PermissionError(f"{name} is disabled inside the sandbox")
-
-            refuse.__name__ = name.rsplit(".", 1)[-1]
-            return refuse
-
-        def check_inside(path, what: str) -> None:
-            if isinstance(path, int):  # an already open descriptor: nothing new is reached
-                return
-            try:
-                resolved = realpath(fspath(path))
-            except base_exception:
-                resolved = ""
-            if not isinstance(resolved, str):
-                resolved = os.fsdecode(resolved)
-            if not (resolved + os.sep).startswith(sandbox_prefix):
-                raise PermissionError(f"{what} outside the sandbox directory is disabled: {path!r}")
-
-        def guarded_open(file, mode="r", *args, **kwargs):
-            if any(flag in str(mode) for flag in "wax+"):
-                check_inside(file, "writing")
-            return real_open(file, mode, *args, **kwargs)
-
-        def guarded_os_open(path, flags, mode=0o777, *, dir_fd=None):
-            if flags & write_flags:
-                if dir_fd is not None:
-                    raise PermissionError("writing through dir_fd is disabled inside the sandbox")
-                check_inside(path, "writing")
-            return real_os_open(path, flags, mode)
-
-        def guarded_mkdir(path, mode=0o777, *, dir_fd=None):
-            if dir_fd is not None:
-                raise PermissionError("mkdir through dir_fd is disabled inside the sandbox")
-            check_inside(path, "creating directories")
-            return real_mkdir(path, mode)
-
-        def path_guarded(name: str, function, num_paths: int = 1):
-            """`function` confined to paths inside the sandbox directory (deleting there is harmless)."""
-
-            def guarded(*args, **kwargs):
-                if any(kwargs.get(key) is not None for key in ("dir_fd", "src_dir_fd", "dst_dir_fd")):
-                    raise PermissionError(f"os.{name} through dir_fd is disabled inside the sandbox")
-                for path in args[:num_paths]:
-                    check_inside(path, f"os.{name}")
-                return function(*args, **kwargs)
-
-            guarded.__name__ = name
-            return guarded
-
-        class GuardedFileIO(real_file_io):
-            def __init__(self, file, mode="r", closefd=True, opener=None):
-                if any(flag in str(mode) for flag in "wax+"):
-                    check_inside(file, "writing")
-                super().__init__(file, mode, closefd, opener)
-
-        import _posixsubprocess
-        import _signal
-        import _socket
-        import posix
-
-        class RefusedSocket(_socket.socket):
-            __slots__ = ()  # socket.socket subclasses this and adds its own __weakref__ slot
-
-            def __init__(self, *args, **kwargs):
-                raise PermissionError("network access is disabled inside the sandbox")
-
-        os_refused = (
-            "system popen fork forkpty kill killpg pidfd_open execv execve execl execle execlp execlpe execvp "
-            "execvpe _execvpe spawnv spawnve spawnvp spawnvpe spawnl spawnle spawnlp spawnlpe posix_spawn "
-            "posix_spawnp link symlink chmod fchmod lchmod chown fchown lchown chroot mknod mkfifo setsid "
-            "setpgid setpgrp setuid setgid seteuid setegid setreuid setregid setresuid setresgid setgroups "
-            "initgroups setpriority sched_setscheduler setxattr removexattr"
-        ).split()
-        for name in os_refused:
-            for module in (os, posix):
-                if hasattr(module, name):
-                    setattr(module, name, refused(f"os.{name}"))
-        path_functions = {
-            name: path_guarded(name, getattr(os, name), num_paths)
-            for name, num_paths in (
-                ("remove", 1),
-                ("unlink", 1),
-                ("rmdir", 1),
-                ("truncate", 1),
-                ("rename", 2),
-                ("replace", 2),
-            )
-        }
-        for module in (os, posix):
-            module.open, module.mkdir = guarded_os_open, guarded_mkdir
-            for name, function in path_functions.items():
-                setattr(module, name, function)
-        builtins.open = io.open = _io.open = guarded_open
-        io.FileIO = _io.FileIO = GuardedFileIO
-        _posixsubprocess.fork_exec = refused("subprocess")
-        _signal.pidfd_send_signal = refused("signal.pidfd_send_signal")
-        _socket.socket = _socket.SocketType = RefusedSocket
-        resource.setrlimit = refused("resource.setrlimit")
-        resource.prlimit = refused("resource.prlimit")
-        # A trace function may set frame.f_lineno and so jump over the asserts.
-        sys.settrace, sys.setprofile = refused("sys.settrace"), refused("sys.setprofile")
-        for name in ("ctypes", "_ctypes", "_testcapi", "_testinternalcapi", "_xxsubinterpreters"):
-            sys.modules[name] = None
-
-        # Second layer, part two: an audit hook (PEP 578; Python code cannot remove one) that refuses the ways
-        # plain Python reaches this runner's frame (and so the token) or arbitrary memory: frames, gc
-        # introspection, ctypes, hand-built bytecode, re-imports of the patched builtin modules, /proc.
-        frame_attributes = frozenset(("tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back"))
-        refused_events = frozenset(
-            "sys._current_frames sys._current_exceptions sys.settrace sys.setprofile gc.get_objects "
-            "gc.get_referrers gc.get_referents code.__new__ marshal.loads marshal.load "
-            "function.__new__ cpython.run_interactivehook".split()
-        )
-        refused_imports = frozenset(
-            "ctypes _ctypes _testcapi _testinternalcapi _testbuffer _testmultiphase _xxsubinterpreters "
-            "_xxinterpchannels posix _posixsubprocess _signal _socket _io resource _imp".split()
-        )
-        permission_error, value_error, str_type, getcwd = PermissionError, ValueError, str, os.getcwd
-
-        def audit(event, args):
-            if event == "sys._getframe":  # ValueError: namedtuple, typing, enum and logging fall back on it
-                raise value_error("frame introspection is disabled inside the sandbox")
-            if event in refused_events or event.startswith("ctypes."):
-                raise permission_error(f"{event} is disabled inside the sandbox")
-            if event == "object.__getattr__" and type(args[1]) is str_type and args[1] in frame_attributes:
-                raise permission_error(f"{args[1]} is disabled inside the sandbox")
-            if event == "import" and type(args[0]) is str_type and args[0].rpartition(".")[2] in refused_imports:
-                raise permission_error(f"importing {args[0]} again is disabled inside the sandbox")
-            if event in ("open", "os.chdir", "os.listdir", "os.scandir") and args:
-                path = args[0]
-                if type(path) is bytes:
-                    path = path.decode(errors="replace")
-                if type(path) is str_type:  # no realpath: its helpers are Python the program could patch
-                    path = path if path.startswith("/") else getcwd() + "/" + path
-                    if "/proc" in path or ".." in path or path.startswith(("/dev/fd", "/dev/std")):
-                        raise permission_error(f"{event} of {path!r} is disabled inside the sandbox")
-
-        import _imp
-        import _signal
-        import signal
-
-        real_create_builtin = _imp.create_builtin
-
-        def guarded_create_builtin(spec):
-            if getattr(spec, "name", None) in refused_imports:
-                raise PermissionError("re-creating a patched builtin module is disabled inside the sandbox")
-            return real_create_builtin(spec)
-
-        _imp.create_builtin = guarded_create_builtin
-        # A signal handler receives the interrupted frame, whose f_back chain reaches this runner.
-        _signal.signal = signal.signal = refused("signal.signal")
-        sys.addaudithook(audit)
+        _child_install_guard(sandbox_dir)
 
     main_module = types.ModuleType("__main__")
     main_module.__dict__.update({"__file__": program_path, "__builtins__": builtins})
@@ -343,7 +355,8 @@ def _child_main() -> None:  # pragma: no cover - runs only inside the sandboxed 
     exit_now(0)
 
 
-_CHILD_SOURCE = textwrap.dedent(inspect.getsource(_child_main)) + "\n_child_main()\n"
+_CHILD_SOURCE = "".join(textwrap.dedent(inspect.getsource(function)) + "\n"
+                        for function in (_child_install_guard, _child_main)) + "_child_main()\n"
 _isolation_lock = threading.Lock()
 _isolation_prefix: list[str] | None = None
 
