@@ -158,10 +158,18 @@ def completed(records: dict[str, dict], cell: Cell) -> dict | None:
     return record if record and record.get("status") == "completed" else None
 
 
+def lr_factors_of(protocol: dict, method: str) -> list[float]:
+    """The learning-rate grid of `method`: the core methods' `lr_factors`; a seed method's `seed_method_lr_factors`
+    (its paper rates are T5's, so that grid reaches below them), or its paper value alone when that is null."""
+    if method in protocol.get("seed_methods") or []:
+        return list(protocol.get("seed_method_lr_factors") or [1])
+    return list(protocol["lr_factors"])
+
+
 def selection_for(records: dict[str, dict], protocol: dict, task: str, method: str,
                   variant: str = PAPER) -> Selection | None:
     runs = {f: completed(records, Cell(task, method, variant, f, protocol["selection_seed"]))
-            for f in protocol["lr_factors"]}
+            for f in lr_factors_of(protocol, method)}
     if any(r is None for r in runs.values()):
         return None
     return select(runs, primary_metric(next(iter(runs.values()))), protocol["budget_tolerance"])
@@ -215,8 +223,20 @@ def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, st
                 for factor in protocol["lr_factors"]:
                     cells.append((Cell(task, method, variant, factor, protocol["selection_seed"]),
                                   f"selection ablation {variant} of {method}"))
-        for method in protocol.get("seed_methods") or []:
-            for seed in seeds:
-                cells.append((Cell(task, method, PAPER, 1, seed), "seed method at its paper learning rate"))
+        seed_methods = protocol.get("seed_methods") or []
+        if protocol.get("seed_method_lr_factors"):  # selected on the holdout like the core methods, on their own grid
+            for method in seed_methods:
+                for factor in lr_factors_of(protocol, method):
+                    cells.append((Cell(task, method, PAPER, factor, protocol["selection_seed"]),
+                                  "selection of a seed method"))
+            for method in seed_methods:
+                chosen = selection_for(records, protocol, task, method)
+                for seed in other_seeds:
+                    cells.append((Cell(task, method, PAPER, chosen.lr_factor, seed) if chosen else None,
+                                  f"seeds of {method} on {task} (waits for its learning-rate selection)"))
+        else:
+            for method in seed_methods:
+                for seed in seeds:
+                    cells.append((Cell(task, method, PAPER, 1, seed), "seed method at its paper learning rate"))
         cells += [(cell, why) for cell, why in long_horizon_cells(protocol, records, task, other_seeds) if cell]
     return cells

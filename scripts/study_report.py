@@ -39,6 +39,7 @@ from lopa.study import (  # noqa: E402
     correct_matrix,
     curve,
     format_factor,
+    lr_factors_of,
     paired_bootstrap,
     plan,
     score,
@@ -118,7 +119,7 @@ def selected_row(records: dict, study: dict, task: str, method: str, variant: st
     if chosen:
         row.grid = chosen.holdout_scores
         return chosen, row
-    for factor in study["lr_factors"]:
+    for factor in lr_factors_of(study, method):
         done = completed(records, Cell(task, method, variant, factor, study["selection_seed"]))
         if done:
             row.grid[factor] = max(s for _, s in curve(done, done["primary_metric"], "holdout"))
@@ -147,7 +148,10 @@ def build_rows(records: dict, study: dict) -> list[Row]:
         for method, variants in ((study.get("selection_ablations") or {}).get(task) or {}).items():
             rows += [selected_row(records, study, task, method, variant)[1] for variant in variants]
         for method in study.get("seed_methods") or []:
-            rows.append(row_for(records, study, task, method, PAPER, 1, "paper value (not selected)"))
+            if study.get("seed_method_lr_factors"):
+                rows.append(selected_row(records, study, task, method, PAPER)[1])
+            else:
+                rows.append(row_for(records, study, task, method, PAPER, 1, "paper value (not selected)"))
     return rows
 
 
@@ -299,6 +303,10 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
            f"\"(horizon)\" is the run's last evaluation: its holdout curve was still rising, so the horizon, not a "
            f"plateau, set it" + (f"; such a method gets a `{study['long_horizon']}` row (configs/ablation/), the same "
                                  f"learning rate run longer." if study.get("long_horizon") else ".")
+           + (f" The seed methods' paper rates are T5's, so their grid reaches below them: "
+              f"{{{', '.join(format_factor(f) for f in study['seed_method_lr_factors'])}}} × the paper value, "
+              "selected the same way (for ACCEPT and DePT the factor scales the prompt's rate; the added update keeps "
+              "its own)." if study.get("seed_method_lr_factors") else "")
            + (" A row \"selected again\" changes what selection sees (another holdout slice, configs/ablation/): "
               f"its whole grid is rerun at seed {study['selection_seed']} only."
               if study.get("selection_ablations") else ""), ""]

@@ -146,6 +146,27 @@ def test_the_report_follows_the_newest_records_protocol_so_a_later_ablation_gets
         newest_protocol({"a": {"config": {}}})
 
 
+def test_a_seed_method_is_selected_on_its_own_grid_below_its_paper_rate():
+    """ACCEPT's paper rate collapses (one class); the grid's ×0.1 wins on the holdout and its seeds follow."""
+    protocol = {"tasks": ["glue/sst2"], "core_methods": [], "seed_methods": ["accept"], "ablations": None,
+                "seed_method_lr_factors": [0.1, 1], "lr_factors": [1, 10], "seeds": [1, 2], "selection_seed": 1,
+                "budget_tolerance": 0.01, "long_horizon": None, "comparisons": [], "bootstrap_samples": 10}
+    names = [cell.run_name if cell else why for cell, why in plan(protocol, {})]
+    assert names[1:] == ["accept-paper-sst2-lrx0.1-s1", "accept-paper-sst2-lrx1-s1",
+                         "seeds of accept on glue/sst2 (waits for its learning-rate selection)"]
+    records = {"accept-paper-sst2-lrx0.1-s1": record([0.7, 0.8], lr=0.03),
+               "accept-paper-sst2-lrx1-s1": record([0.5, 0.5], lr=0.3)}
+    assert [c.run_name for c, _ in plan(protocol, records) if c][-1] == "accept-paper-sst2-lrx0.1-s2"
+    assert [c.run_name for c, _ in plan({**protocol, "seed_method_lr_factors": None}, {}) if c][1:] == [
+        "accept-paper-sst2-lrx1-s1", "accept-paper-sst2-lrx1-s2"]  # null: the paper value, not selected
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from study_report import build_rows
+
+    row = next(r for r in build_rows(records, protocol) if r.method == "accept")
+    assert (row.how, row.lr_factor, row.lr, row.grid) == ("selected on the holdout", 0.1, 0.03, {0.1: 0.8, 1: 0.5})
+
+
 def test_the_reported_wall_time_says_when_a_resumed_record_counts_only_its_last_process():
     sys.path.insert(0, str(REPO / "scripts"))
     from study_report import wall_time
