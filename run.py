@@ -19,11 +19,19 @@ EXIT_INTERRUPTED = 143  # SIGTERM: a checkpoint was saved; rerun the same comman
 def main(cfg: DictConfig) -> None:
     import logging
     import traceback
+    from contextlib import nullcontext
 
     from hydra.core.hydra_config import HydraConfig
 
     from lopa.errors import ConfigError
-    from lopa.records import RESULTS_FILE, ForeignRecordError, completed_record, failed_record, write_json
+    from lopa.records import (
+        RESULTS_FILE,
+        ForeignRecordError,
+        completed_record,
+        failed_record,
+        hold_run_dir,
+        write_json,
+    )
     from lopa.schema import validate
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -31,12 +39,14 @@ def main(cfg: DictConfig) -> None:
     try:
         validate(cfg)  # the value table first: a bad number is one line before torch and transformers load
         from lopa.runner import run
-        done = completed_record(run_dir, OmegaConf.to_container(cfg, resolve=True)) if cfg.get("skip_completed") else None
-        if done is not None:
-            if is_main_rank():
-                print(f"{cfg.run_name}: skipped, already completed -> {run_dir / RESULTS_FILE}")
-            return
-        record = run(cfg, run_dir)
+        # the main process holds the directory while it checks and runs: a second launch into it stops at once
+        with hold_run_dir(run_dir) if is_main_rank() else nullcontext():
+            done = completed_record(run_dir, OmegaConf.to_container(cfg, resolve=True)) if cfg.get("skip_completed") else None
+            if done is not None:
+                if is_main_rank():
+                    print(f"{cfg.run_name}: skipped, already completed -> {run_dir / RESULTS_FILE}")
+                return
+            record = run(cfg, run_dir)
     except Exception as error:
         message = str(error) if isinstance(error, ConfigError) else f"{type(error).__name__}: {error}"
         if is_main_rank() and not isinstance(error, ForeignRecordError):

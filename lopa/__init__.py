@@ -13,7 +13,12 @@ OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b), replace
 
 def _hydra_subdir(run_dir: str, skip_completed: bool) -> str | None:
     """Where Hydra saves its copy of the launch (config, overrides): nowhere when `run_dir` holds a completed record
-    that this launch will skip or refuse, so that the copy there still names the command that made the record."""
+    that this launch will skip or refuse, or a live run that it will refuse, so that the copy there still names the
+    command that made (or is making) the record."""
+    from lopa.records import run_dir_holder
+
+    if run_dir_holder(Path(run_dir)):
+        return None
     record = Path(run_dir) / "results.json"
     if skip_completed and record.is_file():
         try:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import platform
+import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +22,10 @@ if TYPE_CHECKING:  # torch loads only where weights are handled: a bad-input err
 
 from lopa.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 RESULTS_FILE = "results.json"  # a run directory's record
+LOCK_FILE = ".lock"  # held (flock) by the run using the directory; its text names the holder
 WEIGHTS_FILE = "trained.safetensors"
 WEIGHTS_CONFIG_FILE = "trained_config.json"
 CHECKPOINT_WEIGHTS_FILE = "trainable.safetensors"  # the same tensors inside a resumable checkpoint (checkpoints/step-N)
@@ -122,6 +130,59 @@ def completed_record(run_dir: Path, config: dict) -> dict | None:
         raise ForeignRecordError(f"{path} is a completed run of another config ({shown}{', ...' if len(differing) > 3 else ''}); "
                           "use another run directory, or delete it to run again")
     return record
+
+
+class RunDirInUseError(ForeignRecordError):
+    """Another live run holds the run directory: its files are left to it (no failed record over them)."""
+
+
+@contextmanager
+def hold_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for one run. A second launch into it (a sweep relaunched while its jobs still run, two study
+    drivers picking the same cell) stops at once instead of interleaving its checkpoints and record with the first's.
+    An flock, so the OS drops it when the holder dies: a killed run leaves nothing to clean up. The file stays (an
+    unlinked lock file could be held by two runs at once)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RunDirInUseError(f"{run_dir} is in use by {holder}; wait for that run to end, or use another run "
+                               "directory") from None
+    except OSError as error:  # a file system without flock (some NFS and Lustre mounts): run, unguarded
+        handle.close()
+        log.warning("cannot lock %s (%s): a second launch into it would not be stopped", run_dir, error)
+        yield
+        return
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def run_dir_holder(run_dir: Path) -> str | None:
+    """Who holds `run_dir` now (its lock file's text), None when no live run does."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        handle = open(path)
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        except OSError:  # no flock on this file system: nothing is ever held
+            return None
+    return None
 
 
 def git_commit(repo_dir: Path | None = None) -> str | None:

@@ -7,7 +7,8 @@
 
 Each cell is `python run.py experiment=offline_study task=... method=... lr_factor=... seed=...` in its own run
 directory under results/offline_study/runs/: a relaunch skips completed cells (skip_completed) and resumes an
-interrupted one from its checkpoint. Seeds 2-3 and ablations of a method start once its learning-rate selection
+interrupted one from its checkpoint; a cell that another live run holds is left to it, so several drivers can share
+one study's directory. Seeds 2-3 and ablations of a method start once its learning-rate selection
 (seed 1 at every factor) has completed; the plan is recomputed after every cell. Extra arguments after `--` go to
 every run.py call (e.g. `-- trainer.max_steps=3 model=tiny-llama` for a smoke test).
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lopa.records import run_dir_holder  # noqa: E402
 from lopa.study import Cell, completed, load_records, plan  # noqa: E402
 
 EXPERIMENT = "offline_study"
@@ -47,7 +49,7 @@ def wanted(cell: Cell, args: argparse.Namespace) -> bool:
 
 def show_plan(study: dict, runs: Path, args: argparse.Namespace) -> None:
     records = load_records(runs)
-    counts = {"done": 0, "pending": 0, "waiting": 0, "failed": 0}
+    counts = {"done": 0, "running": 0, "pending": 0, "waiting": 0, "failed": 0}
     for cell, why in plan(study, records):
         if cell is None:
             counts["waiting"] += 1
@@ -56,9 +58,11 @@ def show_plan(study: dict, runs: Path, args: argparse.Namespace) -> None:
         if not wanted(cell, args):
             continue
         record = records.get(cell.run_name)
-        state = "done" if completed(records, cell) else "failed" if record and record["status"] == "failed" else "pending"
+        holder = None if completed(records, cell) else run_dir_holder(runs / cell.run_name)
+        state = ("done" if completed(records, cell) else "running" if holder
+                 else "failed" if record and record["status"] == "failed" else "pending")
         counts[state] += 1
-        print(f"{state:8} {cell.run_name}  ({why})")
+        print(f"{state:8} {cell.run_name}  ({f'{holder}; ' if holder else ''}{why})")
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
 
 
@@ -69,7 +73,7 @@ def run_cells(study: dict, runs: Path, args: argparse.Namespace, extra: list[str
         records = load_records(runs)
         pending = [cell for cell, _ in plan(study, records)
                    if cell is not None and wanted(cell, args) and cell.run_name not in tried
-                   and not completed(records, cell)]
+                   and not completed(records, cell) and not run_dir_holder(runs / cell.run_name)]  # held: another driver's
         if not pending:
             break
         cell = pending[0]

@@ -131,8 +131,9 @@ def run_cases(cases: dict, root: Path) -> dict:
 
 
 def leftovers(run_dir: Path) -> list[str]:
-    """Files in a failed run's directory other than Hydra's own, the resolved config, the log and the failed record."""
-    allowed = {".hydra", "config.yaml", "run.log", "results.json"}
+    """Files in a failed run's directory other than Hydra's own, the resolved config, the log, the failed record and
+    the lock file the run held the directory with."""
+    allowed = {".hydra", "config.yaml", "run.log", "results.json", ".lock"}
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
                   if p.relative_to(run_dir).parts[0] not in allowed)
 

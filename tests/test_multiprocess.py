@@ -62,8 +62,8 @@ def test_two_processes_match_one_and_only_the_main_one_writes(tmp_path):
         assert got["step"] == want["step"] and got["loss"] == pytest.approx(want["loss"], rel=1e-5)
 
     assert sorted(os.listdir(workdir)) == []
-    assert sorted(p.name for p in two.iterdir()) == [".hydra", "checkpoints", "config.yaml", "results.json", "run.log",
-                                                     "weights"]
+    assert sorted(p.name for p in two.iterdir()) == [".hydra", ".lock", "checkpoints", "config.yaml", "results.json",
+                                                     "run.log", "weights"]  # .lock: the main process held the directory
     log = (two / "run.log").read_text()
     assert log.count("lopa on tiny-llama") == 1  # one process's lines only
     # Both processes' RNG states are in the checkpoint (written by the main process), so a resume is exact on each.
@@ -155,6 +155,7 @@ first, again = draws(), draws()  # seeding anew repeats the stream: what a relau
 per_rank = gather_object([{"draws": first, "repeated": again == first}])
 if accelerator.is_main_process:
     print("RESULT " + json.dumps({"difference": difference, "ranks": per_rank}))
+accelerator.end_training()  # destroy the process group: left to exit, gloo's threads can abort a rank (SIGABRT)
 """
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from lopa.records import WEIGHTS_FILE, write_json
+from lopa.records import WEIGHTS_FILE, RunDirInUseError, hold_run_dir, run_dir_holder, write_json
 from lopa.runner import run
 from tests.conftest import REPO, compose_config, write_glue_fixture
 
@@ -85,3 +86,56 @@ def test_records_are_replaced_whole_or_not_at_all(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # readable like any other file, not mkstemp's 0600
+
+
+def test_a_run_directory_in_use_refuses_a_second_holder_until_the_first_lets_go(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_dir_holder(run_dir) is None
+    with hold_run_dir(run_dir):
+        me = f"pid {os.getpid()} on {socket.gethostname()}"
+        assert run_dir_holder(run_dir) == me
+        with pytest.raises(RunDirInUseError, match=f"^{run_dir} is in use by {me}; wait for that run to end"):
+            with hold_run_dir(run_dir):
+                pass
+    assert run_dir_holder(run_dir) is None
+    with hold_run_dir(run_dir):  # free again, and the lock file that stayed is reused
+        assert run_dir_holder(run_dir) == me
+
+
+def test_a_file_system_without_flock_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with hold_run_dir(tmp_path / "run"):
+        assert run_dir_holder(tmp_path / "run") is None
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
+
+
+def test_a_launch_into_a_live_runs_directory_is_refused_and_a_killed_holder_leaves_no_lock(tmp_path):
+    """A relaunched sweep must not run a cell a second time beside the first (their checkpoints would interleave)."""
+    data = write_glue_fixture(tmp_path / "data", "rte", train_rows=8, eval_rows=4)
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom lopa.records import hold_run_dir\n"
+         "with hold_run_dir(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)", str(run_dir)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        out = subprocess.run(
+            [sys.executable, "run.py", "method=prompt_tuning", *TINY, f"data_dir={data}", "trainer.max_steps=2",
+             f"hydra.run.dir={run_dir}"],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert out.returncode == 2, out.stderr
+        assert out.stderr.strip().splitlines()[-1] == (
+            f"error: {run_dir} is in use by pid {holder.pid} on {socket.gethostname()}; wait for that run to end, "
+            "or use another run directory")
+        assert not (run_dir / "results.json").exists()  # no failed record over the live run's directory
+        assert not (run_dir / ".hydra").exists() and not (run_dir / "config.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_dir_holder(run_dir) is None  # the OS dropped the dead holder's lock

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from sklearn.metrics import f1_score
 
 from lopa.data import split_holdout
 from lopa.errors import ConfigError
+from lopa.records import hold_run_dir
 from lopa.study import Cell, budget_step, paired_bootstrap, plan, score, select
 from tests.conftest import REPO, write_glue_fixture
 
@@ -289,6 +291,26 @@ def test_the_driver_runs_a_part_of_the_study_named_by_task_method_seed_and_varia
     assert not driver.wanted(paper, parse(("task", ["glue/rte"])))
 
 
+def test_the_driver_leaves_a_cell_that_another_live_run_holds_to_it(tmp_path, monkeypatch, capsys):
+    """Two drivers on one study directory share its cells instead of running one twice."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("offline_study_driver", REPO / "scripts" / "offline_study.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    runs = tmp_path / "runs"
+    launched = []
+    monkeypatch.setattr(driver.subprocess, "run", lambda command, **_: launched.append(command)
+                        or subprocess.CompletedProcess(command, 0))
+    with hold_run_dir(runs / "zero_shot-paper-sst2-lrx1-s1"):
+        assert driver.main(["plan", "--runs", str(runs), "--", *SMALL_PROTOCOL]) == 0
+        shown = capsys.readouterr().out
+        assert f"running  zero_shot-paper-sst2-lrx1-s1  (pid {os.getpid()} on " in shown
+        assert "pending  prompt_tuning-paper-sst2-lrx1-s1  (selection)" in shown and "1 running, " in shown
+        assert driver.main(["run", "--runs", str(runs), "--max-cells", "1", "--", *SMALL_PROTOCOL]) == 0
+    assert len(launched) == 1 and f"hydra.run.dir={runs / 'prompt_tuning-paper-sst2-lrx1-s1'}" in launched[0]
+
+
 def test_one_cell_sweep_runs_records_the_study_and_a_relaunch_skips_it(tmp_path):
     data = write_glue_fixture(tmp_path / "data", "sst2", train_rows=30, eval_rows=10)
     sweep = tmp_path / "runs"
@@ -337,7 +359,7 @@ def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(
     assert not any(runs.glob("*/checkpoints"))  # completed cells keep no checkpoint
 
     plan = run("scripts/offline_study.py", "plan", "--runs", str(runs), "--", *SMALL_PROTOCOL)
-    assert "7 done, 0 pending, 0 waiting" in plan.stdout
+    assert "7 done, 0 running, 0 pending, 0 waiting" in plan.stdout
 
     report = tmp_path / "report"
     collected = run("scripts/collect_results.py", "--runs", str(runs), "--experiment", "offline_study", "--out", str(report))
