@@ -290,6 +290,7 @@ RULES: dict[str, Rule] = {
     "method.combine": Choice(COMBINES),
     "method.head_bias_init": Choice(HEAD_BIAS_INITS),
     "method.shared_prompt_lr_scale": POSITIVE_NUMBER,
+    "method.head_init_std": POSITIVE_NUMBER,
     "method.activation": Choice(ACTIVATIONS),
     "method.phm": BOOLEAN,
     "method.phm_n": POSITIVE_INT,

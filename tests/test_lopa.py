@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -153,3 +155,37 @@ def test_gate_away_from_saturation_scales_each_entry_by_its_sigmoid(glue_data):
     gate = torch.sigmoid(generator.instance_matrix(features))
     assert 0.05 < gate.min() and gate.max() < 0.95  # not saturated at the init
     torch.testing.assert_close(prompt, generator.shared_prompt * gate)
+
+
+def test_head_init_std_sets_both_heads_weights_and_how_instance_dependent_the_gate_starts(glue_data):
+    """At the paper's 0.02 σ(u vᵀ) starts at 1/2 for every input (issue 12); a decade larger it varies from the start."""
+    spreads = {}
+    for std in (0.02, 0.2):
+        torch.manual_seed(0)
+        model, task, examples = build(glue_data, *TINY_LOPA, "method.hidden_size=256", f"method.head_init_std={std}")
+        generator = model.method.generator
+        for head in (generator.u_head, generator.v_head):
+            for layer in (head.hidden, head.output):
+                assert layer.weight.std().item() == pytest.approx(std, rel=0.1)
+        model.eval()
+        with torch.no_grad():
+            features = model.method.instance_features(batch_of(task, examples[:8]))
+            gate = torch.sigmoid(generator.instance_matrix(features))
+        spreads[std] = gate.std(0).mean().item()
+    assert spreads[0.02] < 1e-3 < 1e-2 < spreads[0.2]
+
+
+def test_gate_start_script_reports_the_gates_start_per_head_std(glue_data, capsys):
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("gate_start", REPO / "scripts" / "gate_start.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--std", "0.02", "0.2", "--examples", "8", "--data-dir", str(glue_data), "--task", "glue/rte",
+                        "--", "model=tiny-llama", "encoder=tiny-bert", "trainer.mixed_precision=no"]) == 0
+    paper, larger = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert paper["gate_q05_q50_q95"] == [0.5, 0.5, 0.5] and paper["gate_std_across_inputs"] < 1e-3
+    assert larger["gate_std_across_inputs"] > 1e-2 and larger["input_prompt_instance_spread"] > 10 * paper[
+        "input_prompt_instance_spread"]

@@ -399,6 +399,9 @@ def test_a_record_older_than_a_key_matches_the_value_that_reproduces_it(tmp_path
     assert completed_record(tmp_path, {**lopa, "method": {"name": "lopa", "shared_prompt_lr_scale": 1}}) is not None
     with pytest.raises(ForeignRecordError, match="method.shared_prompt_lr_scale 1 -> 10"):
         completed_record(tmp_path, {**lopa, "method": {"name": "lopa", "shared_prompt_lr_scale": 10}})
+    assert completed_record(tmp_path, {**lopa, "method": {"name": "lopa", "head_init_std": 0.02}}) is not None
+    with pytest.raises(ForeignRecordError, match="method.head_init_std 0.02 -> 0.2"):
+        completed_record(tmp_path, {**lopa, "method": {"name": "lopa", "head_init_std": 0.2}})
     prompt_tuning = {**config, "method": {"name": "prompt_tuning"}}
     (tmp_path / "results.json").write_text(json.dumps({"status": "completed", "config": prompt_tuning}))
     assert completed_record(tmp_path, prompt_tuning) is not None

@@ -16,20 +16,21 @@ from lopa.soft_prompt import MethodContext
 
 
 class TanhHead(nn.Module):
-    """x -> W2 tanh(W1 Dropout(x) + b1) + b2, weights N(0, 0.02), b2 = 0 (METHODS.md §2).
+    """x -> W2 tanh(W1 Dropout(x) + b1) + b2, weights N(0, init_std²) (0.02, METHODS.md §2), b2 = 0.
 
     b1 is zero (`hidden_bias_init="zero"`, METHODS.md) or keeps nn.Linear's U(±1/√in) (`"default"`, the official
     LoPA NLU code, issue 17).
     """
 
-    def __init__(self, in_features: int, hidden: int, out_features: int, dropout: float, hidden_bias_init: str = "zero"):
+    def __init__(self, in_features: int, hidden: int, out_features: int, dropout: float, hidden_bias_init: str = "zero",
+                 init_std: float = 0.02):
         super().__init__()
         check_choice("method.head_bias_init", hidden_bias_init, HEAD_BIAS_INITS)
         self.dropout = nn.Dropout(dropout)
         self.hidden = nn.Linear(in_features, hidden)
         self.output = nn.Linear(hidden, out_features)
         for layer in (self.hidden, self.output):
-            nn.init.normal_(layer.weight, std=0.02)
+            nn.init.normal_(layer.weight, std=init_std)
         nn.init.zeros_(self.output.bias)
         if hidden_bias_init == "zero":
             nn.init.zeros_(self.hidden.bias)
@@ -46,15 +47,17 @@ class LoPAPrompt(nn.Module):
 
     def __init__(self, prompt_length: int, embed_dim: int, encoder_dim: int, hidden: int, rank: int,
                  dropout: float = 0.1, combine: str = "gate", head_bias_init: str = "zero",
-                 shared_init: Tensor | None = None):
+                 shared_init: Tensor | None = None, head_init_std: float = 0.02):
         super().__init__()
         check_choice("method.combine", combine, COMBINES)
         self.prompt_length, self.embed_dim, self.rank, self.combine = prompt_length, embed_dim, rank, combine
         # Z_S ~ N(0, 1) (paper, official code) unless another [m, d] start is given (method.init)
         start = torch.randn(prompt_length, embed_dim) if shared_init is None else shared_init
         self.shared_prompt = nn.Parameter(start)
-        self.u_head = TanhHead(encoder_dim, hidden, prompt_length * rank, dropout, head_bias_init)
-        self.v_head = TanhHead(encoder_dim, hidden, embed_dim * rank, dropout, head_bias_init)
+        # At std 0.02 both u and v start near 0 (entries ~ 0.02² √h), so u vᵀ ~ 1e-4 and σ(u vᵀ) ≈ 1/2 for every
+        # input: the prompt starts as Z_S / 2, instance-independent (issue 12's heads_init_std_x10 ablation).
+        self.u_head = TanhHead(encoder_dim, hidden, prompt_length * rank, dropout, head_bias_init, head_init_std)
+        self.v_head = TanhHead(encoder_dim, hidden, embed_dim * rank, dropout, head_bias_init, head_init_std)
 
     def instance_matrix(self, features: Tensor) -> Tensor:
         """u vᵀ [B, m, d]."""
@@ -89,6 +92,7 @@ class LoPA(InstanceDependentMethod):
             combine=cfg.combine,
             head_bias_init=cfg.get("head_bias_init", "zero"),
             shared_init=initial_prompt(cfg.get("init", "normal"), prompt_length, ctx, cfg.get("init_text")),
+            head_init_std=float(cfg.get("head_init_std", 0.02)),
         )
 
     def shared_prompt(self) -> Tensor:
