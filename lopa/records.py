@@ -196,6 +196,19 @@ def git_commit(repo_dir: Path | None = None) -> str | None:
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+    """The CPU model and whether it has bf16 instructions: without them bf16 autocast is emulated, several times
+    slower (one VM of this project's had AVX512-BF16, the next not), so a record's wall time needs them beside it."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return {"cpu": platform.processor() or None, "cpu_bf16": None}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)  # the last core's, like any other
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": fields.get("model name"), "cpu_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
+
+
 def machine_info() -> dict:
     import torch
 
@@ -205,6 +218,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
+        **cpu_info(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
     import transformers

@@ -278,11 +278,17 @@ def wall_time(done: list[dict]) -> str:
             "process's time")
 
 
+def machine_name(machine: dict) -> str:
+    """Host, cores, CPU and torch: whether bf16 was native changes wall times several-fold (older records lack the CPU)."""
+    bf16 = {True: ", native bf16", False: ", bf16 emulated"}.get(machine.get("cpu_bf16"), "")
+    cpu = f", {machine['cpu']}{bf16}" if machine.get("cpu") else ""
+    return f"{machine.get('hostname')} ({machine.get('cpu_count')} CPU cores{cpu}, torch {machine.get('torch')})"
+
+
 def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict, records: dict, command: str) -> str:
     done = [r for r in records.values() if r.get("status") == "completed"]
     commits = sorted({str(r.get("git_commit"))[:7] for r in done})
-    machines = sorted({f"{r['machine'].get('hostname')} ({r['machine'].get('cpu_count')} CPU cores, torch "
-                       f"{r['machine'].get('torch')})" for r in done if r.get("machine")})
+    machines = sorted({machine_name(r["machine"]) for r in done if r.get("machine")})
     paper_runs = [r for r in done if r["config"].get("variant") == PAPER] or done
     first = paper_runs[0]["config"] if paper_runs else {}
     trainer = first.get("trainer", {})

@@ -15,7 +15,7 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from lopa.records import WEIGHTS_FILE, RunDirInUseError, hold_run_dir, run_dir_holder, write_json
+from lopa.records import WEIGHTS_FILE, RunDirInUseError, cpu_info, hold_run_dir, run_dir_holder, write_json
 from lopa.runner import run
 from tests.conftest import REPO, compose_config, write_glue_fixture
 
@@ -139,3 +139,15 @@ def test_a_launch_into_a_live_runs_directory_is_refused_and_a_killed_holder_leav
         holder.kill()
         holder.wait()
     assert run_dir_holder(run_dir) is None  # the OS dropped the dead holder's lock
+
+
+def test_records_name_the_cpu_and_whether_bf16_is_native(tmp_path):
+    """Without bf16 instructions bf16 autocast is emulated and steps are slower: wall times need the CPU beside them."""
+    core = "processor\t: {n}\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx2 avx512f{extra}\n\n"
+    native = tmp_path / "native"
+    native.write_text(core.format(n=0, extra=" avx512_bf16") + core.format(n=1, extra=" avx512_bf16"))
+    emulated = tmp_path / "emulated"
+    emulated.write_text(core.format(n=0, extra=""))
+    assert cpu_info(native) == {"cpu": "Intel(R) Xeon(R) Processor", "cpu_bf16": True}
+    assert cpu_info(emulated) == {"cpu": "Intel(R) Xeon(R) Processor", "cpu_bf16": False}
+    assert cpu_info(tmp_path / "missing")["cpu_bf16"] is None

@@ -27,6 +27,7 @@ def test_train_record_weights_and_evaluate_mode(glue_data, tmp_path):
     assert record["parameters"]["total"] == record["parameters"]["fm"] + 320
     assert 0.0 <= record["best"]["accuracy"] <= 1.0 and record["num_eval_examples"] == 12
     assert record["config"]["method"]["name"] == "prompt_tuning" and record["machine"]["torch"]
+    assert {"cpu", "cpu_bf16"} <= record["machine"].keys()
     assert record["mode"] == "train" and record["run_name"] == "prompt_tuning-rte-tiny-llama-s9876"
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "weights" / "trained.safetensors").is_file()

@@ -169,6 +169,16 @@ def test_a_seed_method_is_selected_on_its_own_grid_below_its_paper_rate():
     assert (row.how, row.lr_factor, row.lr, row.grid) == ("selected on the holdout", 0.1, 0.03, {0.1: 0.8, 1: 0.5})
 
 
+def test_the_report_names_each_machine_with_its_cpu_and_whether_bf16_was_native():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from study_report import machine_name
+
+    older = {"hostname": "vm", "cpu_count": 2, "torch": "2.13.0+cpu"}
+    assert machine_name(older) == "vm (2 CPU cores, torch 2.13.0+cpu)"
+    assert machine_name({**older, "cpu": "Xeon", "cpu_bf16": False}) == "vm (2 CPU cores, Xeon, bf16 emulated, torch 2.13.0+cpu)"
+    assert machine_name({**older, "cpu": "Xeon", "cpu_bf16": True}) == "vm (2 CPU cores, Xeon, native bf16, torch 2.13.0+cpu)"
+
+
 def test_the_reported_wall_time_says_when_a_resumed_record_counts_only_its_last_process():
     sys.path.insert(0, str(REPO / "scripts"))
     from study_report import wall_time
