@@ -28,6 +28,7 @@ from lopa.models import load_fm, load_tokenizer
 from lopa.records import (
     RESULTS_FILE,
     check_trained_config,
+    cpu_info,
     git_commit,
     load_trained,
     machine_info,
@@ -103,8 +104,12 @@ def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
         log_with = "wandb"
     else:
         check_choice("logger", cfg.logger.name, LOGGERS)
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and cfg.trainer.mixed_precision == "bf16" and cpu_info()["cpu_bf16"] is False:
+        log.warning("trainer.mixed_precision=bf16 on a CPU without bf16 instructions (%s): bf16 is emulated, its "
+                    "matmuls several times slower than float32 here (trainer.mixed_precision=no)", cpu_info()["cpu"])
     return Accelerator(
-        cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
+        cpu=on_cpu,
         mixed_precision=cfg.trainer.mixed_precision,
         gradient_accumulation_steps=cfg.trainer.grad_accum_steps,
         log_with=log_with,

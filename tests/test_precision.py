@@ -45,3 +45,14 @@ def test_fp16_training_with_grad_scaler(glue_data):
     loader = task.dataloader(examples[:8], 4, shuffle=False)
     outcome = train(cfg, model, task, loader, loader, Accelerator(mixed_precision="fp16"))
     assert outcome.steps == 2 and all(torch.isfinite(torch.tensor(x["loss"])) for x in outcome.train_losses)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns_that_it_is_emulated(tmp_path, monkeypatch, caplog, native):
+    import lopa.runner
+
+    monkeypatch.setattr(lopa.runner, "cpu_info", lambda: {"cpu": "Some Xeon", "cpu_bf16": native})
+    cfg = compose_config("model=tiny-llama", "device=cpu", "logger=none", "trainer.mixed_precision=bf16")
+    lopa.runner.make_accelerator(cfg, tmp_path)
+    warned = "bf16 is emulated" in caplog.text and "Some Xeon" in caplog.text
+    assert warned is not native
