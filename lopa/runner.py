@@ -105,9 +105,10 @@ def make_accelerator(cfg: DictConfig, run_dir: Path) -> Accelerator:
     else:
         check_choice("logger", cfg.logger.name, LOGGERS)
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if on_cpu and cfg.trainer.mixed_precision == "bf16" and cpu_info()["cpu_bf16"] is False:
+    cpu = cpu_info() if on_cpu and cfg.trainer.mixed_precision == "bf16" else {}
+    if cpu.get("cpu_bf16") is False:
         log.warning("trainer.mixed_precision=bf16 on a CPU without bf16 instructions (%s): bf16 is emulated, its "
-                    "matmuls several times slower than float32 here (trainer.mixed_precision=no)", cpu_info()["cpu"])
+                    "matmuls several times slower than float32 here (trainer.mixed_precision=no)", cpu["cpu"])
     return Accelerator(
         cpu=on_cpu,
         mixed_precision=cfg.trainer.mixed_precision,

@@ -191,6 +191,23 @@ def long_horizon_cells(protocol: dict, records: dict[str, dict], task: str, seed
     return cells
 
 
+def selected_method_cells(protocol: dict, records: dict[str, dict], task: str, methods: list[str],
+                          why: str) -> list[tuple[Cell | None, str]]:
+    """Each method's learning-rate grid at the selection seed, then its other seeds at the chosen factor (None
+    while the grid is incomplete; a one-point grid, e.g. a seed method's paper value alone, needs no selection)."""
+    cells: list[tuple[Cell | None, str]] = []
+    for method in methods:
+        cells += [(Cell(task, method, PAPER, factor, protocol["selection_seed"]), why)
+                  for factor in lr_factors_of(protocol, method)]
+    for method in methods:
+        grid = lr_factors_of(protocol, method)
+        chosen = grid[0] if len(grid) == 1 else getattr(selection_for(records, protocol, task, method), "lr_factor", None)
+        cells += [(Cell(task, method, PAPER, chosen, seed) if chosen is not None else None,
+                   f"seeds of {method} on {task} (waits for its learning-rate selection)")
+                  for seed in protocol["seeds"] if seed != protocol["selection_seed"]]
+    return cells
+
+
 def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, str]]:
     """Every cell in the order the study runs them (the primary task first; per task: zero-shot, learning-rate
     selection, the other seeds, the selection seed's long-horizon runs, ablations, selection ablations, the seed
@@ -201,14 +218,7 @@ def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, st
     other_seeds = [seed for seed in seeds if seed != protocol["selection_seed"]]
     for task in protocol["tasks"]:
         cells.append((Cell(task, ZERO_SHOT, PAPER, 1, protocol["selection_seed"]), "zero-shot"))
-        for method in protocol["core_methods"]:
-            for factor in protocol["lr_factors"]:
-                cells.append((Cell(task, method, PAPER, factor, protocol["selection_seed"]), "selection"))
-        for method in protocol["core_methods"]:
-            chosen = selection_for(records, protocol, task, method)
-            for seed in other_seeds:
-                cells.append((Cell(task, method, PAPER, chosen.lr_factor, seed) if chosen else None,
-                              f"seeds of {method} on {task} (waits for its learning-rate selection)"))
+        cells += selected_method_cells(protocol, records, task, protocol["core_methods"], "selection")
         # whether the horizon was long enough is worth knowing before the ablations; its other seeds come last
         cells += long_horizon_cells(protocol, records, task, [protocol["selection_seed"]])
         for method, variants in (protocol.get("ablations") or {}).items():
@@ -223,20 +233,7 @@ def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, st
                 for factor in protocol["lr_factors"]:
                     cells.append((Cell(task, method, variant, factor, protocol["selection_seed"]),
                                   f"selection ablation {variant} of {method}"))
-        seed_methods = protocol.get("seed_methods") or []
-        if protocol.get("seed_method_lr_factors"):  # selected on the holdout like the core methods, on their own grid
-            for method in seed_methods:
-                for factor in lr_factors_of(protocol, method):
-                    cells.append((Cell(task, method, PAPER, factor, protocol["selection_seed"]),
-                                  "selection of a seed method"))
-            for method in seed_methods:
-                chosen = selection_for(records, protocol, task, method)
-                for seed in other_seeds:
-                    cells.append((Cell(task, method, PAPER, chosen.lr_factor, seed) if chosen else None,
-                                  f"seeds of {method} on {task} (waits for its learning-rate selection)"))
-        else:
-            for method in seed_methods:
-                for seed in seeds:
-                    cells.append((Cell(task, method, PAPER, 1, seed), "seed method at its paper learning rate"))
+        cells += selected_method_cells(protocol, records, task, protocol.get("seed_methods") or [],
+                                       "selection of a seed method")
         cells += [(cell, why) for cell, why in long_horizon_cells(protocol, records, task, other_seeds) if cell]
     return cells

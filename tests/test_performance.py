@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from lopa.records import WEIGHTS_FILE
 from lopa.runner import run
 from lopa.trainer import scored_loss
-from tests.conftest import compose_config, write_glue_fixture
+from tests.conftest import REPO, compose_config, write_glue_fixture
 from tests.helpers import batch_of, build
 
 TINY = ("model=tiny-llama", "encoder=tiny-bert")
@@ -118,3 +118,18 @@ def test_bf16_run_completes(tmp_path, fresh_accelerate_state):
     assert record["status"] == "completed" and record["steps"] == 2
     assert all(torch.isfinite(torch.tensor(x["loss"])) for x in record["train_losses"])
     assert 0.0 <= record["final"]["accuracy"] <= 1.0
+
+
+def test_bf16_bench_writes_both_times_and_the_cpu_flag(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_bf16", REPO / "scripts" / "bench_bf16.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench_bf16.json"
+    assert bench.main(["--rows", "8", "--shape", "16", "32", "--repeats", "2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["median_ms"]) == {"float32", "bfloat16"} and all(t > 0 for t in record["median_ms"].values())
+    assert record["bf16_over_fp32"] == pytest.approx(record["median_ms"]["bfloat16"] / record["median_ms"]["float32"],
+                                                     rel=0.02)
+    assert "cpu_bf16" in record["machine"] and record["command"].startswith("python scripts/bench_bf16.py --rows 8")
