@@ -213,6 +213,18 @@ def record_evaluation(outcome: TrainingOutcome, metrics: dict, step: int, epoch:
             on_best(record)
 
 
+def enable_activation_checkpointing(fm) -> None:
+    """Recompute the FM's layer activations in backward (non-reentrant, so frozen inputs still get gradients).
+
+    transformers 5.25 renamed `gradient_checkpointing_enable` (a deprecated alias until v6); older 5.x has only that.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(fm, "activation_checkpointing_enable"):
+        fm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def train(
     cfg: DictConfig,
     model: TunedModel,
@@ -242,7 +254,7 @@ def train(
     check_choice("trainer.scheduler", cfg.scheduler, SCHEDULERS)
     optimizer = torch.optim.AdamW(model.method.param_groups(cfg.lr, cfg.weight_decay))
     if cfg.gradient_checkpointing:
-        model.fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model.fm)
     sampler = train_loader.sampler
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     if holdout_loader is not None:

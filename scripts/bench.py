@@ -69,7 +69,7 @@ from lopa.registry import known_methods  # noqa: E402
 from lopa.runner import build_model  # noqa: E402
 from lopa.soft_prompt import TunedModel  # noqa: E402
 from lopa.tasks import build_task  # noqa: E402
-from lopa.trainer import scored_loss  # noqa: E402
+from lopa.trainer import enable_activation_checkpointing, scored_loss  # noqa: E402
 
 CONFIG_DIR = REPO / "configs"
 QUICK_METHODS = ("prompt_tuning", "lopa", "lora")
@@ -598,7 +598,7 @@ def option_variants(setup: BenchSetup, models: dict, method_cfgs: dict) -> list[
                                     "bf16"))
         if not quick:
             checkpointed = build_ours(pt_cfg, setup.base_fm, setup.tokenizer, setup.task, setup.train_rows).to(device)
-            checkpointed.fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(checkpointed.fm)
             variants.append(Variant("prompt_tuning_checkpointing", "option", setup.step(checkpointed, pt_cfg),
                                     note="trainer.gradient_checkpointing=true"))
     for name in ("lopa", "idpg"):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from lopa.records import WEIGHTS_FILE
 from lopa.runner import run
-from lopa.trainer import scored_loss
+from lopa.trainer import enable_activation_checkpointing, scored_loss
 from tests.conftest import REPO, compose_config, write_glue_fixture
 from tests.helpers import batch_of, build
 
@@ -44,7 +44,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(glue_data, method):
     plain, task, examples = build(glue_data, *TINY, f"method={method}")
     torch.manual_seed(0)
     checkpointed, _, _ = build(glue_data, *TINY, f"method={method}")
-    checkpointed.fm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(checkpointed.fm)
     calls = []
     mlp = checkpointed.fm.base_model.layers[0].mlp
     forward = mlp.forward
