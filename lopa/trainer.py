@@ -150,10 +150,14 @@ def schedule_jump(saved: dict | None, current: dict, from_step: int) -> int | No
 def evaluation(task: Task, model, eval_loader: DataLoader, accelerator: Accelerator,
                holdout_loader: DataLoader | None = None, predictions: bool = False) -> dict:
     """Metrics on the evaluation split and, when given, under "holdout" those on the held-out training slice (the
-    split model selection may look at: the evaluation split is the one a study reports)."""
-    metrics = task.evaluate(model, eval_loader, accelerator, predictions=predictions)
-    if holdout_loader is not None:
-        metrics["holdout"] = task.evaluate(model, holdout_loader, accelerator)
+    split model selection may look at: the evaluation split is the one a study reports).
+
+    The global RNG is restored afterwards: iterating a DataLoader draws its base seed from it, so without this the
+    training that follows (dropout masks) would depend on how often, and on how many splits, one evaluates."""
+    with torch.random.fork_rng(devices=[]):
+        metrics = task.evaluate(model, eval_loader, accelerator, predictions=predictions)
+        if holdout_loader is not None:
+            metrics["holdout"] = task.evaluate(model, holdout_loader, accelerator)
     return metrics
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from lopa.trainer import train
@@ -40,3 +41,26 @@ def test_best_is_selected_on_dev_only(glue_data, eval_split, eval_every, expecte
     assert outcome.steps == 6 and len(calls) == expected_calls
     assert outcome.best["step"] == best_step
     assert outcome.best is outcome.evaluations[1 if eval_split == "validation" else -1]
+
+
+def trained_weights(glue_data, eval_every: int | None, holdout: bool) -> dict:
+    torch.manual_seed(0)
+    model, task, examples = build(glue_data, "model=tiny-llama", "method=lopa", "method.prompt_length=2", "method.rank=1")
+    cfg = compose_config("trainer.epochs=2", "trainer.batch_size=4", f"trainer.eval_every={eval_every or 'null'}",
+                         "trainer.log_every=1").trainer
+    torch.manual_seed(1)
+    train_loader = task.dataloader(examples[:8], 4, shuffle=True)
+    eval_loader = task.dataloader(examples[8:12], 4, shuffle=False)
+    outcome = train(cfg, model, task, train_loader, eval_loader, cpu_accelerator(),
+                    holdout_loader=task.dataloader(examples[12:16], 4, shuffle=False) if holdout else None)
+    assert outcome.steps == 4
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_evaluating_does_not_change_training(glue_data):
+    """LoPA's heads use dropout: evaluating after every step, and on a holdout too, must leave its masks, hence the
+    trained weights, as they are with one evaluation per epoch and no holdout."""
+    rare, often = trained_weights(glue_data, None, holdout=False), trained_weights(glue_data, 1, holdout=True)
+    assert rare.keys() == often.keys()
+    for name in rare:
+        assert torch.equal(rare[name], often[name]), name
