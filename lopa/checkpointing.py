@@ -56,7 +56,8 @@ CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 # Config sections a resumed run must share with its checkpoint (length, cadence and logging may change).
 MUST_MATCH = ("method", "model", "task", "encoder", "seed")
 TRAINER_MAY_CHANGE = {"resume", "checkpoint_every", "keep_checkpoints", "max_steps", "epochs", "eval_every",
-                      "log_every", "num_workers", "save_weights", "allow_schedule_change", "push_to_hub"}
+                      "log_every", "num_workers", "save_weights", "allow_schedule_change", "push_to_hub",
+                      "stop_at_step"}
 
 
 class EpochShuffle(Sampler[int]):

@@ -94,7 +94,8 @@ RELAUNCH_INDEPENDENT_KEYS = ("data_dir", "skip_completed", "logger", "device", "
 # Keys added to the configs after records were made, each with the value that reproduces what runs did before it
 # existed: a record without the key matches a relaunch that has this value (and no other).
 KEYS_ADDED_LATER = {"preset": "none", "trainer.allow_schedule_change": False, "eval.holdout_min_words": None,
-                    "method.shared_prompt_lr_scale": 1, "method.head_init_std": 0.02}
+                    "method.shared_prompt_lr_scale": 1, "method.head_init_std": 0.02,
+                    "trainer.stop_at_step": None, "eval.score_holdout": True}
 
 
 def flat_items(node, prefix: str = "") -> dict:

@@ -359,6 +359,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     holdout_loader = (task.dataloader(holdout_examples, cfg.eval.batch_size, shuffle=False, generator=torch.Generator())
                       if holdout_examples else None)
     keep_predictions = bool(cfg.eval.get("save_predictions", False))
+    # Unscored, the held-out rows stay out of training (the run trains on what a scored run trains on) and still
+    # give the prompt-scale diagnostics their batch below.
+    scored_holdout_loader = holdout_loader if cfg.eval.get("score_holdout", True) else None
     model.to(accelerator.device)
     model.method.prepare_examples(train_examples + eval_examples + holdout_examples, cfg.eval.batch_size)
     has_prompt = model.num_virtual_tokens > 0
@@ -369,10 +372,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     record = run_record(cfg, accelerator, task, started, parameters,
                         {"train": train_examples, "eval": eval_examples, "holdout": holdout_examples}, keep_predictions)
     if cfg.mode == "train":
-        record.update(train_and_record(cfg, model, task, train_examples, eval_loader, holdout_loader, accelerator,
-                                       run_dir, weights_dir, keep_predictions))
+        record.update(train_and_record(cfg, model, task, train_examples, eval_loader, scored_holdout_loader,
+                                       accelerator, run_dir, weights_dir, keep_predictions))
     else:
-        record.update(evaluate_and_record(task, model, eval_loader, holdout_loader, accelerator, keep_predictions))
+        record.update(evaluate_and_record(task, model, eval_loader, scored_holdout_loader, accelerator,
+                                          keep_predictions))
 
     repo_id = cfg.trainer.get("push_to_hub")
     if repo_id and record["status"] == "completed" and accelerator.is_main_process:

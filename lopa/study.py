@@ -9,7 +9,7 @@ and, under "holdout", the held-out training slice (the only thing selection look
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,11 @@ class Cell:
     variant: str = PAPER
     lr_factor: float = 1
     seed: int = 1
+    # How the run goes, not what it is (the run name leaves them out): a seed whose row's step budget is already
+    # known trains up to it (the schedule still spans the horizon, so its score there is the full run's) and skips
+    # the holdout, which only the selection seed's curve is read for.
+    stop_at_step: int | None = None
+    score_holdout: bool = True
 
     @property
     def run_name(self) -> str:  # configs/experiment/offline_study.yaml's run_name
@@ -32,8 +37,10 @@ class Cell:
 
     def overrides(self) -> list[str]:
         ablation = [] if self.variant == PAPER else [f"+ablation={self.variant}"]
+        trimmed = [] if self.stop_at_step is None else [f"trainer.stop_at_step={self.stop_at_step}"]
+        trimmed += [] if self.score_holdout else ["eval.score_holdout=false"]
         return [f"task={self.task}", f"method={self.method}", f"lr_factor={format_factor(self.lr_factor)}",
-                f"seed={self.seed}", *ablation]
+                f"seed={self.seed}", *ablation, *trimmed]
 
 
 def format_factor(factor: float) -> str:
@@ -208,6 +215,24 @@ def selected_method_cells(protocol: dict, records: dict[str, dict], task: str, m
     return cells
 
 
+def row_budget(protocol: dict, records: dict[str, dict], cell: Cell) -> int | None:
+    """The step budget of `cell`'s row (read off its selection seed's holdout curve, as the report reads it), or
+    None while that run has not completed."""
+    selector = completed(records, replace(cell, seed=protocol["selection_seed"]))
+    if selector is None:
+        return None
+    return budget_of(curve(selector, primary_metric(selector), "holdout"), protocol["budget_tolerance"])[0]
+
+
+def trimmed(protocol: dict, records: dict[str, dict], cell: Cell | None) -> Cell | None:
+    """A seed other than the selection seed, once its row's budget is known: trained to that budget, holdout
+    unscored (only the selection seed's holdout curve is read). Otherwise the cell as it is."""
+    if cell is None or cell.seed == protocol["selection_seed"] or cell.method == ZERO_SHOT:
+        return cell
+    budget = row_budget(protocol, records, cell)
+    return cell if budget is None else replace(cell, stop_at_step=budget, score_holdout=False)
+
+
 def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, str]]:
     """Every cell in the order the study runs them (the primary task first; per task: zero-shot, learning-rate
     selection, the other seeds, the selection seed's long-horizon runs, ablations, selection ablations, the seed
@@ -236,4 +261,4 @@ def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, st
         cells += selected_method_cells(protocol, records, task, protocol.get("seed_methods") or [],
                                        "selection of a seed method")
         cells += [(cell, why) for cell, why in long_horizon_cells(protocol, records, task, other_seeds) if cell]
-    return cells
+    return [(trimmed(protocol, records, cell), why) for cell, why in cells]

@@ -62,6 +62,16 @@ def num_training_steps(cfg: DictConfig, batches_per_epoch: int) -> int:
     return int(cfg.epochs) * math.ceil(batches_per_epoch / cfg.grad_accum_steps)
 
 
+def last_step(cfg: DictConfig, steps: int) -> int:
+    """Where training ends: `trainer.stop_at_step` when set (the schedule still spans all `steps`), else `steps`."""
+    stop = cfg.get("stop_at_step")
+    if stop is None:
+        return steps
+    if not 1 <= stop <= steps:
+        raise ConfigError(f"trainer.stop_at_step={stop} is outside the run's schedule (allowed: 1..{steps}, or null)")
+    return int(stop)
+
+
 def scored_loss(model: TunedModel, batch: dict) -> torch.Tensor:
     """Mean cross-entropy over the full vocabulary at every position that has a target (one batch on its own)."""
     logits, targets = model(batch)
@@ -152,8 +162,9 @@ def evaluation(task: Task, model, eval_loader: DataLoader, accelerator: Accelera
     """Metrics on the evaluation split and, when given, under "holdout" those on the held-out training slice (the
     split model selection may look at: the evaluation split is the one a study reports).
 
-    The global RNG is restored afterwards: iterating a DataLoader draws its base seed from it, so without this the
-    training that follows (dropout masks) would depend on how often, and on how many splits, one evaluates."""
+    The global RNG is restored afterwards: iterating a DataLoader without a generator of its own draws its base seed
+    from it, so the training that follows (dropout masks) would depend on how often, and on how many splits, one
+    evaluates. run.py's loaders carry their own generators; this keeps any caller's loaders from mattering."""
     with torch.random.fork_rng(devices=[]):
         metrics = task.evaluate(model, eval_loader, accelerator, predictions=predictions)
         if holdout_loader is not None:
@@ -272,15 +283,16 @@ def train(
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * steps)
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
     schedule = {"name": cfg.scheduler, "steps": steps, "warmup": warmup}
+    end = last_step(cfg, steps)
     state, outcome = TrainState(schedule=schedule), TrainingOutcome()
     if resume_from is not None:
         state, outcome = resume(checkpointer, resume_from, model, optimizer, scheduler, schedule,
                                 cfg.get("allow_schedule_change", False))
 
-    bar = progress_bar(total=steps, initial=state.step, desc="train", accelerator=accelerator)  # beside the loss logs
+    bar = progress_bar(total=end, initial=state.step, desc="train", accelerator=accelerator)  # beside the loss logs
     model.train()
     with StopOnSigterm(accelerator, enabled=checkpointer is not None) as sigterm:
-        while state.step < steps and not outcome.interrupted:
+        while state.step < end and not outcome.interrupted:
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(state.epoch)
             if hasattr(train_loader, "set_epoch"):
@@ -299,7 +311,7 @@ def train(
                 state.running_count += tokens
                 outcome.steps = state.step
                 bar.update(1)
-                if state.step % cfg.log_every == 0 or state.step == steps:
+                if state.step % cfg.log_every == 0 or state.step == end:
                     log_train_loss(outcome, state, accelerator, scheduler.get_last_lr()[0], steps, bar)
 
                 end_of_epoch = state.batch_in_epoch >= batches_per_epoch
@@ -312,10 +324,10 @@ def train(
                     state.epoch, state.batch_in_epoch = state.epoch + 1, 0
 
                 outcome.interrupted = sigterm.requested()
-                if checkpointer is not None and (outcome.interrupted or checkpointer.due(state.step, state.step == steps)):
+                if checkpointer is not None and (outcome.interrupted or checkpointer.due(state.step, state.step == end)):
                     path = checkpointer.save(model, optimizer, scheduler, state, outcome.progress())
                     outcome.last_checkpoint = str(path)
-                if outcome.interrupted or state.step >= steps:
+                if outcome.interrupted or state.step >= end:
                     break
     bar.close()
     if outcome.interrupted:

@@ -62,7 +62,8 @@ def show_plan(study: dict, runs: Path, args: argparse.Namespace) -> None:
         state = ("done" if completed(records, cell) else "running" if holder
                  else "failed" if record and record["status"] == "failed" else "pending")
         counts[state] += 1
-        print(f"{state:8} {cell.run_name}  ({f'{holder}; ' if holder else ''}{why})")
+        trim = f"; to step {cell.stop_at_step}, holdout unscored" if cell.stop_at_step and state == "pending" else ""
+        print(f"{state:8} {cell.run_name}  ({f'{holder}; ' if holder else ''}{why}{trim})")
     print(", ".join(f"{n} {state}" for state, n in counts.items()))
 
 

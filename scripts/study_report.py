@@ -304,7 +304,8 @@ def markdown(rows: list[Row], comps: list[dict], missing: list[str], study: dict
            f"{study['selection_seed']}; the step budget is the first evaluation of that run within "
            f"{100 * study['budget_tolerance']:g} point(s) of its best holdout score, and the score reported is the "
            f"validation score at that step (not the best validation step), mean ± std over seeds "
-           f"{', '.join(map(str, study['seeds']))}. Intervals: 95 % bootstrap over validation examples "
+           f"{', '.join(map(str, study['seeds']))} (seeds other than {study['selection_seed']} may stop at the budget: "
+           f"the schedule still spans the horizon). Intervals: 95 % bootstrap over validation examples "
            f"({study['bootstrap_samples']} resamples), paired by seed and example for differences. A budget marked "
            f"\"(horizon)\" is the run's last evaluation: its holdout curve was still rising, so the horizon, not a "
            f"plateau, set it" + (f"; such a method gets a `{study['long_horizon']}` row (configs/ablation/), the same "
@@ -432,13 +433,19 @@ def plot_curves(rows: list[Row], study: dict, out_dir: Path) -> list[Path]:
                             label=f"{row.label} (lr {row.lr:g})")
             if len(curves) > 1:
                 ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+            # seeds trained only to the budget (the study's trimmed seeds): the longest curve goes on, dashed
+            longest = max(curves, key=len)
+            beyond = [s for s in sorted(longest) if s >= steps[-1]] if steps else []
+            if len(beyond) > 1:
+                ax.plot(beyond, [values.mean(0)[-1]] + [100 * longest[s] for s in beyond[1:]], linestyle="--",
+                        linewidth=0.8, color=line.get_color())
             if row.budget is not None:
                 ax.axvline(row.budget, color=line.get_color(), linestyle=":", linewidth=0.8)
         zero = next((r for r in rows if r.task == task and r.method == ZERO_SHOT and r.records), None)
         if zero:
             ax.axhline(100 * zero.records[0]["evaluations"][0]["accuracy"], color="grey", linestyle="--", label="zero-shot")
         style_panel(ax, task, "optimiser step", "validation score (%)")
-    return finish(fig, axes, "Offline study: learning curves (seeds' range as band, dotted: step budget)", out_dir,
+    return finish(fig, axes, "Offline study: learning curves (seeds' range as band, dotted: step budget; dashed: one seed past the budget)", out_dir,
                   "offline_study_curves")
 
 

@@ -18,7 +18,7 @@ from sklearn.metrics import f1_score
 from lopa.data import split_holdout
 from lopa.errors import ConfigError
 from lopa.records import hold_run_dir
-from lopa.study import Cell, budget_step, paired_bootstrap, plan, score, select
+from lopa.study import Cell, budget_step, curve, paired_bootstrap, plan, score, select
 from tests.conftest import REPO, write_glue_fixture
 
 TINY = ["model=tiny-llama", "encoder=tiny-bert", "trainer.checkpoint_every=2", "eval.holdout=6",
@@ -96,6 +96,14 @@ def test_a_method_whose_budget_is_its_horizon_gets_a_long_horizon_row(tmp_path):
                      "prompt_tuning-long_horizon-sst2-lrx1-s1", "lopa-init_vocab-sst2-lrx1-s1",
                      "lopa-init_vocab-sst2-lrx1-s2", "prompt_tuning-long_horizon-sst2-lrx1-s2"]
     assert Cell("glue/sst2", "prompt_tuning", "long_horizon", 1, 1).overrides()[-1] == "+ablation=long_horizon"
+    # a seed whose row's budget is known trains to it with the holdout unscored; one whose selector is missing
+    # (the ablation's seed 1 has not run) trains in full
+    cells = {cell.run_name: cell for cell, _ in plan(protocol, records) if cell}
+    assert cells["prompt_tuning-paper-sst2-lrx1-s2"].overrides()[-2:] == ["trainer.stop_at_step=300",
+                                                                          "eval.score_holdout=false"]
+    assert (cells["lopa-paper-sst2-lrx1-s2"].stop_at_step, cells["lopa-paper-sst2-lrx1-s2"].score_holdout) == (200, False)
+    assert cells["lopa-init_vocab-sst2-lrx1-s2"] == Cell("glue/sst2", "lopa", "init_vocab", 1, 2)
+    assert cells["lopa-paper-sst2-lrx1-s1"].stop_at_step is None and cells["lopa-paper-sst2-lrx1-s1"].score_holdout
     assert not any("long_horizon" in str(name) for name in
                    [c.run_name if c else w for c, w in plan({**protocol, "long_horizon": None}, records)])
 
@@ -367,6 +375,16 @@ def test_the_driver_selects_then_runs_the_seeds_and_the_report_has_the_protocol(
     selected = {name.split("-lrx")[1].split("-")[0] for name in names if name.startswith("lopa") and name.endswith("s2")}
     assert len(names) == 7 and len(selected) == 1  # zero-shot, 2 methods x 2 factors, then seed 2 at the choice
     assert not any(runs.glob("*/checkpoints"))  # completed cells keep no checkpoint
+    # seed 2 trained to its row's budget (read off seed 1's holdout curve) and did not score the holdout it still
+    # kept out of training
+    for name in (n for n in names if n.endswith("s2")):
+        seed_2 = json.loads((runs / name / "results.json").read_text())
+        seed_1 = json.loads((runs / name.replace("-s2", "-s1") / "results.json").read_text())
+        budget = seed_2["config"]["trainer"]["stop_at_step"]
+        assert budget == budget_step(curve(seed_1, "accuracy", "holdout"), 0.01) and seed_2["steps"] == budget
+        assert [e["step"] for e in seed_2["evaluations"]] == list(range(2, budget + 1, 2))
+        assert not any("holdout" in e for e in seed_2["evaluations"]) and seed_2["config"]["eval"]["score_holdout"] is False
+        assert [seed_2[f"num_{s}_examples"] for s in ("train", "holdout")] == [seed_1[f"num_{s}_examples"] for s in ("train", "holdout")]
 
     plan = run("scripts/offline_study.py", "plan", "--runs", str(runs), "--", *SMALL_PROTOCOL)
     assert "7 done, 0 running, 0 pending, 0 waiting" in plan.stdout

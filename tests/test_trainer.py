@@ -6,6 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lopa.errors import ConfigError
 from lopa.trainer import train
 from tests.conftest import compose_config
 from tests.helpers import build, cpu_accelerator
@@ -59,8 +60,35 @@ def trained_weights(glue_data, eval_every: int | None, holdout: bool) -> dict:
 
 def test_evaluating_does_not_change_training(glue_data):
     """LoPA's heads use dropout: evaluating after every step, and on a holdout too, must leave its masks, hence the
-    trained weights, as they are with one evaluation per epoch and no holdout."""
+    trained weights, as they are with one evaluation per epoch and no holdout, even with evaluation loaders that
+    have no generator of their own (whose iterators draw their base seed from the global RNG)."""
     rare, often = trained_weights(glue_data, None, holdout=False), trained_weights(glue_data, 1, holdout=True)
     assert rare.keys() == often.keys()
     for name in rare:
         assert torch.equal(rare[name], often[name]), name
+
+
+def weights_at_each_evaluation(glue_data, *overrides: str) -> list[dict]:
+    torch.manual_seed(0)
+    model, task, examples = build(glue_data, "model=tiny-llama", "method=lopa", "method.prompt_length=2", "method.rank=1")
+    cfg = compose_config("trainer.batch_size=4", "trainer.eval_every=1", "trainer.scheduler=linear",
+                         "trainer.warmup_steps=0", "trainer.lr=0.05", *overrides).trainer
+    snapshots = []
+    task.evaluate = lambda model, loader, accelerator, predictions=False: snapshots.append(
+        {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}) or {"accuracy": 0.5}
+    loader = task.dataloader(examples[:16], 4, shuffle=False)
+    train(cfg, model, task, loader, loader, cpu_accelerator())
+    return snapshots
+
+
+def test_stopping_early_keeps_the_horizons_schedule(glue_data):
+    """trainer.stop_at_step=2 of max_steps=4 trains exactly the full run's first two steps (the linear decay still
+    spans four), which a two-step horizon does not."""
+    full = weights_at_each_evaluation(glue_data, "trainer.max_steps=4")
+    stopped = weights_at_each_evaluation(glue_data, "trainer.max_steps=4", "trainer.stop_at_step=2")
+    short = weights_at_each_evaluation(glue_data, "trainer.max_steps=2")
+    assert len(full) == 4 and len(stopped) == 2 and len(short) == 2
+    assert all(torch.equal(stopped[1][name], full[1][name]) for name in full[1])
+    assert not all(torch.equal(short[1][name], full[1][name]) for name in full[1])
+    with pytest.raises(ConfigError, match=r"trainer.stop_at_step=5 is outside the run's schedule \(allowed: 1..4"):
+        weights_at_each_evaluation(glue_data, "trainer.max_steps=4", "trainer.stop_at_step=5")
