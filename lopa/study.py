@@ -215,13 +215,13 @@ def selected_method_cells(protocol: dict, records: dict[str, dict], task: str, m
     return cells
 
 
-def row_budget(protocol: dict, records: dict[str, dict], cell: Cell) -> int | None:
-    """The step budget of `cell`'s row (read off its selection seed's holdout curve, as the report reads it), or
-    None while that run has not completed."""
+def row_budget(protocol: dict, records: dict[str, dict], cell: Cell) -> tuple[int, bool] | None:
+    """The step budget of `cell`'s row, read off its selection seed's holdout curve, and whether it is that curve's
+    last evaluation; None while that run has not completed. The plan trims seeds by it, the report reports it."""
     selector = completed(records, replace(cell, seed=protocol["selection_seed"]))
     if selector is None:
         return None
-    return budget_of(curve(selector, primary_metric(selector), "holdout"), protocol["budget_tolerance"])[0]
+    return budget_of(curve(selector, primary_metric(selector), "holdout"), protocol["budget_tolerance"])
 
 
 def trimmed(protocol: dict, records: dict[str, dict], cell: Cell | None) -> Cell | None:
@@ -230,7 +230,7 @@ def trimmed(protocol: dict, records: dict[str, dict], cell: Cell | None) -> Cell
     if cell is None or cell.seed == protocol["selection_seed"] or cell.method == ZERO_SHOT:
         return cell
     budget = row_budget(protocol, records, cell)
-    return cell if budget is None else replace(cell, stop_at_step=budget, score_holdout=False)
+    return cell if budget is None else replace(cell, stop_at_step=budget[0], score_holdout=False)
 
 
 def plan(protocol: dict, records: dict[str, dict]) -> list[tuple[Cell | None, str]]:

@@ -34,7 +34,6 @@ from lopa.study import (  # noqa: E402
     ZERO_SHOT,
     Cell,
     Selection,
-    budget_of,
     completed,
     correct_matrix,
     curve,
@@ -42,6 +41,7 @@ from lopa.study import (  # noqa: E402
     lr_factors_of,
     paired_bootstrap,
     plan,
+    row_budget,
     score,
     selection_for,
 )
@@ -99,9 +99,8 @@ def row_for(records: dict, study: dict, task: str, method: str, variant: str, fa
     row.records = [r for r in seed_records if r is not None]
     selector = completed(records, Cell(task, method, variant, factor, study["selection_seed"]))
     if selector is not None:
-        metric = selector["primary_metric"]
         if method != ZERO_SHOT:
-            row.budget, row.at_horizon = budget_of(curve(selector, metric, "holdout"), study["budget_tolerance"])
+            row.budget, row.at_horizon = row_budget(study, records, Cell(task, method, variant, factor))
         else:
             row.budget = 0
         row.lr = selector["config"]["trainer"]["lr"]
